@@ -1,0 +1,5 @@
+import sys
+
+from luna.cli import main
+
+sys.exit(main())

@@ -1,0 +1,102 @@
+"""What every command-line app shares: logging setup and turning user mistakes into one line.
+
+An app is a class built from an argument list (``App(["--epochs=1"])``) with a ``main()``;
+:func:`run_app` is the entry point that the ``luna`` CLI, ``python -m luna.<app>`` and the
+notebook helper all go through.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import shlex
+import sys
+from typing import Callable, Sequence
+
+from luna.errors import LunaError
+
+log = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Send luna's log records to stderr once; calling again only changes the level."""
+    root = logging.getLogger()
+    if not any(getattr(h, "_luna", False) for h in root.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler._luna = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags every app accepts."""
+    parser.add_argument("--debug", action="store_true", default=False,
+                        help="show full tracebacks for errors instead of one line (default: off)")
+    return parser
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0."""
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def run_app(app_factory: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None,
+            prog: str | None = None) -> int:
+    """Build and run an app; return the process exit status.
+
+    User mistakes (:class:`LunaError`) become one ``error:`` line on stderr and exit status 1
+    (data) or 2 (usage); ``--debug`` re-raises them with the traceback.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    configure_logging()
+    debug = "--debug" in argv
+    name = prog or getattr(app_factory, "__name__", "luna")
+    try:
+        app = app_factory(argv)
+        app.main()  # type: ignore[attr-defined]
+    except LunaError as exc:
+        if debug:
+            raise
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def run(app_path: str, *args: str) -> None:
+    """Notebook helper: ``run("luna.training.LunaTrainingApp", "--epochs=1")``.
+
+    Args may also be one string with several flags (split like a shell would).
+    Errors are raised, not turned into exit codes, so a notebook shows them.
+    """
+    module_name, _, class_name = app_path.rpartition(".")
+    app_cls = getattr(importlib.import_module(module_name), class_name)
+    argv = [part for arg in args for part in shlex.split(arg)]
+    configure_logging()
+    log.info("Running: %s(%r).main()", app_path, argv)
+    app_cls(argv).main()
+    log.info("Finished: %s.main()", app_path)
