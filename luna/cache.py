@@ -1,0 +1,159 @@
+"""The crop cache: every candidate crop of a scan, as int16, in one memory-mappable file.
+
+Layout (all under ``cache_dir/<crop key>/``, e.g. ``v1-32x48x48-hu-1000_1000/``)::
+
+    <series_uid>.<centres hash>.npy    int16 array (K, I, R, C): one row per candidate
+    <series_uid>.<centres hash>.json   what the crops were made from (the commit marker)
+
+Why this shape: the reference gzips float32 crops one by one into diskcache; decompression
+dominates reads and float32 doubles the bytes. Here a read is a slice of a memory map (the page
+cache does the rest), a crop costs exactly its int16 bytes, and a scan is read once to fill it.
+
+Validity: the key holds the crop config and format version (directory) and a hash of the
+candidate centres (file name); the JSON holds the source files' size and mtime. A stale or
+partial entry is rebuilt, never served. Writes are atomic: ``.npy`` then ``.json``, each via a
+temp file and ``os.replace``, so a killed writer leaves either a complete entry or none.
+Nothing here is pickled: ``np.load(allow_pickle=False)`` and JSON only.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from luna.candidates import check_series_uid
+from luna.config import CropConfig
+from luna.ct import Ct
+from luna.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Open memory maps per process; each holds a file descriptor, so keep the count bounded.
+MAX_OPEN_ENTRIES = 64
+
+
+def centers_digest(centers_xyz: Sequence[Sequence[float]]) -> str:
+    """Short hash of a scan's candidate centres, in order: the rows an entry must hold."""
+    data = np.asarray(centers_xyz, dtype=np.float64).reshape(-1, 3)
+    return hashlib.sha1(data.tobytes()).hexdigest()[:16]
+
+
+def source_stamp(mhd_path: Path) -> dict:
+    """Size and mtime of a scan's header and data file: a changed scan must be re-cached."""
+    stamp = {}
+    for path in (Path(mhd_path), Path(mhd_path).with_suffix(".raw")):
+        if path.exists():
+            st = path.stat()
+            stamp[path.name] = [st.st_size, st.st_mtime_ns]
+    return stamp
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class CropCache:
+    """Read and fill cached crops.
+
+    Args:
+        cache_dir: root of the cache (shared by every crop config).
+        crop: crop shape and clip range; part of the key.
+    """
+
+    def __init__(self, cache_dir: Path, crop: CropConfig = CropConfig()):
+        self.root = Path(cache_dir) / crop.key()
+        self.crop = crop
+        self._open: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def __getstate__(self) -> dict:
+        # Memory maps do not travel to DataLoader workers; each process opens its own.
+        return {**self.__dict__, "_open": OrderedDict()}
+
+    def entry_paths(self, series_uid: str, digest: str) -> tuple[Path, Path]:
+        check_series_uid(series_uid, "crop cache")
+        stem = f"{series_uid}.{digest}"
+        return self.root / f"{stem}.npy", self.root / f"{stem}.json"
+
+    def is_valid(self, series_uid: str, mhd_path: Path, centers_xyz: Sequence[Sequence[float]]) -> bool:
+        """True when a complete entry for exactly these centres and this scan file exists."""
+        digest = centers_digest(centers_xyz)
+        npy_path, json_path = self.entry_paths(series_uid, digest)
+        try:
+            meta = json.loads(json_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+        return (meta.get("crop") == self.crop.as_dict() | {"shape_irc": list(self.crop.shape_irc)}
+                and meta.get("count") == len(centers_xyz)
+                and meta.get("source") == source_stamp(mhd_path)
+                and npy_path.is_file()
+                and npy_path.stat().st_size == meta.get("npy_bytes"))
+
+    def build(self, series_uid: str, mhd_path: Path, centers_xyz: Sequence[Sequence[float]],
+              ct: Ct | None = None) -> np.ndarray:
+        """Read the scan once, crop every centre, write the entry atomically; return the crops."""
+        ct = ct or Ct(mhd_path, series_uid)
+        crops = np.empty((len(centers_xyz), *self.crop.shape_irc), dtype=np.int16)
+        centers_irc = []
+        for row, center_xyz in enumerate(centers_xyz):
+            crops[row], center_irc = ct.get_raw_candidate(center_xyz, self.crop.shape_irc)
+            centers_irc.append(list(center_irc))
+        digest = centers_digest(centers_xyz)
+        npy_path, json_path = self.entry_paths(series_uid, digest)
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Drop the old marker first: between the two writes no reader may pair it with new crops.
+        json_path.unlink(missing_ok=True)
+        _atomic_write(npy_path, lambda f: np.save(f, crops, allow_pickle=False))
+        meta = {"series_uid": series_uid, "count": len(centers_xyz),
+                "crop": self.crop.as_dict() | {"shape_irc": list(self.crop.shape_irc)},
+                "source": source_stamp(mhd_path), "npy_bytes": npy_path.stat().st_size,
+                "origin_xyz": list(ct.origin_xyz), "spacing_xyz": list(ct.spacing_xyz),
+                "direction": ct.direction.ravel().tolist(), "centers_irc": centers_irc}
+        _atomic_write(json_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        self._open.pop(f"{series_uid}.{digest}", None)
+        return crops
+
+    def ensure(self, series_uid: str, mhd_path: Path, centers_xyz: Sequence[Sequence[float]]) -> bool:
+        """Build the entry unless a valid one exists. Returns True when it had to build."""
+        if self.is_valid(series_uid, mhd_path, centers_xyz):
+            return False
+        self.build(series_uid, mhd_path, centers_xyz)
+        return True
+
+    def open_entry(self, series_uid: str, mhd_path: Path,
+                   centers_xyz: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+        """A scan's crops as a memory map (validated, built first if needed) and their centre
+        voxels (K, 3); kept open per process."""
+        digest = centers_digest(centers_xyz)
+        key = f"{series_uid}.{digest}"
+        entry = self._open.get(key)
+        if entry is not None:
+            self._open.move_to_end(key)
+            return entry
+        self.ensure(series_uid, mhd_path, centers_xyz)
+        npy_path, json_path = self.entry_paths(series_uid, digest)
+        centers_irc = np.asarray(json.loads(json_path.read_text())["centers_irc"], dtype=np.int64)
+        try:
+            crops = np.load(npy_path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise DataError(f"crop cache entry {npy_path} is unreadable ({exc}); delete it to rebuild") from None
+        if crops.shape != (len(centers_xyz), *self.crop.shape_irc) or crops.dtype != np.int16:
+            raise DataError(f"crop cache entry {npy_path} has shape {crops.shape} {crops.dtype}; delete it to rebuild")
+        self._open[key] = entry = (crops, centers_irc.reshape(-1, 3))
+        while len(self._open) > MAX_OPEN_ENTRIES:
+            self._open.popitem(last=False)
+        return entry

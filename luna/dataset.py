@@ -1,0 +1,137 @@
+"""LunaDataset: candidates -> samples, read from the crop cache.
+
+A sample is exactly SPEC section 3's: ``(crop (1, 32, 48, 48) float32 HU, label one-hot (2,)
+long, series_uid, center_irc (3,) long)``. Augmentation is not done here: it runs on whole
+batches on the training device after the cache read (see luna.augment), so nothing random is
+ever cached and validation samples never change.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from luna.cache import CropCache
+from luna.candidates import CandidateInfo, find_series_files, get_candidate_info_list, split_candidates
+from luna.config import CropConfig
+from luna.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    """``$LUNA_CACHE_DIR`` or ``./cache``."""
+    return Path(os.environ.get("LUNA_CACHE_DIR", "cache"))
+
+
+class LunaDataset(Dataset):
+    """Candidates of the LUNA16 scans on disk as classification samples.
+
+    Args:
+        data_dir: LUNA16 root (``subset*/<uid>.mhd``, CSVs found there unless given).
+        val_stride: every n-th scan (or candidate, see ``split``) is validation; 0 = no split.
+        is_val: True for the validation part, False for training, None for everything.
+        series_uid: keep only this scan (no split applied).
+        split: ``"scan"`` (default; no scan on both sides) or ``"candidate"`` (the reference's).
+        ratio: 0 for natural order; n > 0 for balanced sampling, one positive then n negatives.
+        epoch_size: samples per epoch (default: the number of candidates selected).
+        cache_dir: crop cache root (default ``$LUNA_CACHE_DIR`` or ``./cache``).
+        crop: crop shape and HU clip range.
+        candidates_csv, annotations_csv: override the CSVs found in ``data_dir``.
+        candidate_info_list: use this sorted list instead of reading the CSVs.
+        seed: base seed of the per-epoch shuffle of balanced sampling (see :meth:`set_epoch`).
+        return_index: append the candidate's position in :attr:`candidates` to each sample.
+    """
+
+    def __init__(self, data_dir: Path, val_stride: int = 10, is_val: bool | None = None,
+                 series_uid: str | None = None, split: str = "scan", ratio: int = 0,
+                 epoch_size: int | None = None, cache_dir: Path | None = None,
+                 crop: CropConfig = CropConfig(), candidates_csv: Path | None = None,
+                 annotations_csv: Path | None = None,
+                 candidate_info_list: Sequence[CandidateInfo] | None = None, seed: int = 0,
+                 return_index: bool = False):
+        self.data_dir = Path(data_dir)
+        self.series_paths = find_series_files(self.data_dir)
+        full = list(candidate_info_list) if candidate_info_list is not None else get_candidate_info_list(
+            self.data_dir, candidates_csv, annotations_csv)
+
+        # A cache entry holds every candidate of its scan in full-list order, whatever the split,
+        # so training and validation datasets share entries.
+        self.series_centers: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+        row_of: dict[int, int] = {}
+        for i, info in enumerate(full):
+            row_of[id(info)] = len(self.series_centers[info.series_uid])
+            self.series_centers[info.series_uid].append(tuple(info.center_xyz))
+
+        if series_uid is not None:
+            if series_uid not in self.series_centers:
+                raise DataError(f"series {series_uid!r} has no candidates on disk under {self.data_dir}")
+            selected = [c for c in full if c.series_uid == series_uid]
+        elif is_val is None:
+            selected = full
+        else:
+            selected = split_candidates(full, val_stride, is_val, split)
+        if not selected:
+            raise DataError(f"the {'validation' if is_val else 'training'} split of {self.data_dir} is empty "
+                            f"(val_stride={val_stride}, split={split}); use more scans or another stride")
+        self.candidates: list[CandidateInfo] = selected
+        self.rows = np.array([row_of[id(c)] for c in selected], dtype=np.int64)
+        self.labels = np.array([c.is_nodule for c in selected], dtype=bool)
+        self.pos_ndx = np.flatnonzero(self.labels)
+        self.neg_ndx = np.flatnonzero(~self.labels)
+        self.ratio = ratio
+        if ratio and (len(self.pos_ndx) == 0 or len(self.neg_ndx) == 0):
+            raise DataError("balanced sampling needs both nodule and non-nodule candidates in the split")
+        self.epoch_size = epoch_size or len(selected)
+        self.seed = seed
+        self.return_index = return_index
+        self.cache = CropCache(cache_dir if cache_dir is not None else default_cache_dir(), crop)
+        self.set_epoch(0)
+        log.info("%s: %d %s samples (%d nodules, %d non-nodules) from %d scans%s", type(self).__name__,
+                 len(selected), {None: "all", True: "validation", False: "training"}[is_val],
+                 len(self.pos_ndx), len(self.neg_ndx), len({c.series_uid for c in selected}),
+                 f", balanced 1:{ratio}, {self.epoch_size} per epoch" if ratio else "")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle which positive/negative each index maps to (balanced sampling), the same way
+        in every process for a given seed and epoch. Call before building the epoch's iterator."""
+        rng = np.random.default_rng([self.seed, epoch])
+        self._pos_order = rng.permutation(self.pos_ndx)
+        self._neg_order = rng.permutation(self.neg_ndx)
+        self._all_order = rng.permutation(len(self.candidates)) if self.epoch_size != len(self.candidates) \
+            else np.arange(len(self.candidates))
+
+    def __len__(self) -> int:
+        return self.epoch_size
+
+    def candidate_index(self, ndx: int) -> int:
+        """Position in :attr:`candidates` of the sample at ``ndx`` this epoch."""
+        if not self.ratio:
+            return int(self._all_order[ndx % len(self._all_order)])
+        pos_count, is_neg = divmod(ndx, self.ratio + 1)
+        if not is_neg:
+            return int(self._pos_order[pos_count % len(self._pos_order)])
+        return int(self._neg_order[(ndx - 1 - pos_count) % len(self._neg_order)])
+
+    def read_crop(self, cand_ndx: int) -> tuple[np.ndarray, np.ndarray]:
+        """int16 crop (I, R, C) and centre voxel (3,) of candidate ``cand_ndx``."""
+        info = self.candidates[cand_ndx]
+        crops, centers_irc = self.cache.open_entry(
+            info.series_uid, self.series_paths[info.series_uid], self.series_centers[info.series_uid])
+        row = self.rows[cand_ndx]
+        return crops[row], centers_irc[row]
+
+    def __getitem__(self, ndx: int):
+        cand_ndx = self.candidate_index(ndx)
+        info = self.candidates[cand_ndx]
+        crop, center_irc = self.read_crop(cand_ndx)
+        crop_t = torch.from_numpy(crop.astype(np.float32)).unsqueeze(0)
+        label_t = torch.tensor([not info.is_nodule, info.is_nodule], dtype=torch.long)
+        sample = (crop_t, label_t, info.series_uid, torch.from_numpy(center_irc.copy()))
+        return (*sample, cand_ndx) if self.return_index else sample
