@@ -34,8 +34,18 @@ def configure_logging(level: int = logging.INFO) -> None:
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags every app accepts."""
     parser.add_argument("--debug", action="store_true", default=False,
-                        help="show full tracebacks for errors instead of one line (default: off)")
+                        help="show full tracebacks for errors instead of one line")
     return parser
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except where there is none to show or the help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in help_text:
+            return help_text
+        return super()._get_help_string(action)
 
 
 def positive_int(text: str) -> int:

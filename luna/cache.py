@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +33,7 @@ from luna.candidates import check_series_uid
 from luna.config import CropConfig
 from luna.ct import Ct
 from luna.errors import DataError
+from luna.progress import enumerate_with_estimate
 
 log = logging.getLogger(__name__)
 
@@ -157,3 +160,47 @@ class CropCache:
         while len(self._open) > MAX_OPEN_ENTRIES:
             self._open.popitem(last=False)
         return entry
+
+
+def _build_job(job: tuple) -> int:
+    cache, series_uid, mhd_path, centers_xyz = job
+    cache.build(series_uid, mhd_path, centers_xyz)
+    return len(centers_xyz)
+
+
+def fill_cache(cache: CropCache, series_paths: dict[str, Path],
+               centers_by_series: dict[str, Sequence[Sequence[float]]], num_workers: int = 0) -> int:
+    """Build every missing or stale entry, one whole scan per job, with a progress report.
+
+    Args:
+        cache: the cache to fill.
+        series_paths: series uid -> ``.mhd`` path.
+        centers_by_series: series uid -> its candidate centres, in entry row order.
+        num_workers: processes; 0 builds in this process. Each worker holds one scan (and its
+            crops) at a time, so memory stays about two scans per worker whatever the data size.
+
+    Returns:
+        The number of scans built (0 when the cache was already complete).
+    """
+    jobs = [(cache, uid, series_paths[uid], centers_by_series[uid]) for uid in sorted(centers_by_series)
+            if not cache.is_valid(uid, series_paths[uid], centers_by_series[uid])]
+    n_candidates = sum(len(job[3]) for job in jobs)
+    log.info("%d of %d scans already cached; filling %d scans (%d candidates) into %s",
+             len(centers_by_series) - len(jobs), len(centers_by_series), len(jobs), n_candidates, cache.root)
+    if not jobs:
+        return 0
+    start = time.monotonic()
+    if num_workers == 0 or len(jobs) == 1:
+        results = map(_build_job, jobs)
+        for _ in enumerate_with_estimate(results, "Stuffing cache", total=len(jobs)):
+            pass
+    else:
+        with multiprocessing.get_context().Pool(min(num_workers, len(jobs))) as pool:
+            # chunksize 1: a worker takes the next scan only when it is done with the last.
+            results = pool.imap_unordered(_build_job, jobs, chunksize=1)
+            for _ in enumerate_with_estimate(results, "Stuffing cache", total=len(jobs)):
+                pass
+    seconds = time.monotonic() - start
+    log.info("Cached %d candidates of %d scans in %.1f s (%.0f candidates/s)",
+             n_candidates, len(jobs), seconds, n_candidates / max(seconds, 1e-9))
+    return len(jobs)

@@ -1,0 +1,52 @@
+"""Validation CPM during training: per-sample probabilities -> LUNA16 FROC on held-out scans."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from luna.candidates import ANNOTATION_FILE_NAMES, EXCLUDED_FILE_NAMES, find_csv
+from luna.dataset import LunaDataset
+from luna.errors import DataError
+from luna.froc import FP_RATES, compute_cpm, read_annotations
+from luna.metrics import METRICS_PRED_NDX
+
+log = logging.getLogger(__name__)
+
+
+class ValidationScorer:
+    """Scores the validation candidates of one epoch by the official rules.
+
+    Args:
+        val_ds: the validation dataset (its candidates give uids and centres).
+        annotations_csv: default: ``annotations.csv`` found in the data dir.
+        excluded_csv: default: ``annotations_excluded.csv`` in the data dir, when present.
+    """
+
+    fp_rates = FP_RATES
+
+    def __init__(self, val_ds: LunaDataset, annotations_csv: Path | None = None,
+                 excluded_csv: Path | None = None):
+        self.val_ds = val_ds
+        self.series_list = sorted({c.series_uid for c in val_ds.candidates})
+        annotations_csv = annotations_csv or find_csv(val_ds.data_dir, ANNOTATION_FILE_NAMES, "annotations")
+        self.annotations = read_annotations(annotations_csv)
+        if excluded_csv is None:
+            try:
+                excluded_csv = find_csv(val_ds.data_dir, EXCLUDED_FILE_NAMES, "excluded annotations")
+            except DataError:
+                excluded_csv = None
+        self.excluded = read_annotations(excluded_csv, "excluded annotations") if excluded_csv else None
+        self.centers_xyz = np.array([c.center_xyz for c in val_ds.candidates], dtype=np.float64)
+        self.uids = np.array([c.series_uid for c in val_ds.candidates])
+
+    def score(self, metrics_t: torch.Tensor, cand_ndx: torch.Tensor) -> dict[str, float]:
+        """``froc/cpm`` and ``froc/sens@<rate>`` of the validation predictions."""
+        ndx = cand_ndx.numpy()
+        result = compute_cpm(self.uids[ndx], self.centers_xyz[ndx], metrics_t[METRICS_PRED_NDX].numpy(),
+                             self.annotations, self.excluded, self.series_list)
+        out = {"froc/cpm": float(result.cpm)}
+        out.update({f"froc/sens@{rate:g}": float(result.sensitivity_at[rate]) for rate in FP_RATES})
+        return out
