@@ -1,0 +1,201 @@
+"""The candidate classifier: the reference 3D CNN, plus a registry to rebuild it from a checkpoint.
+
+:class:`LunaModel` is the reference architecture exactly (SPEC section 4): a BatchNorm on the raw
+HU input, four conv blocks that halve every spatial axis, and one linear layer on the flattened
+features. Checkpoints keep ``model.config`` (a small JSON-able dict) so that :func:`build_model`
+can rebuild the same network without the caller knowing which class or sizes were used.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from luna.config import CROP_SHAPE_IRC
+from luna.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Each block halves I, R and C once; four blocks divide the crop by 16 on every axis.
+_NUM_BLOCKS = 4
+
+
+class LunaBlock(nn.Module):
+    """Two 3x3x3 convolutions with ReLU, then a 2x2x2 max-pool.
+
+    Args:
+        in_channels: channels coming in.
+        conv_channels: channels of both convolutions (and of the output).
+        batch_norm: put a BatchNorm3d after each convolution (not in the reference; the
+            convolutions then drop their bias, which the norm would cancel anyway).
+    """
+
+    def __init__(self, in_channels: int, conv_channels: int, batch_norm: bool = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv3d(in_channels, conv_channels, kernel_size=3, padding=1, bias=not batch_norm)
+        self.norm1 = nn.BatchNorm3d(conv_channels) if batch_norm else nn.Identity()
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv3d(conv_channels, conv_channels, kernel_size=3, padding=1, bias=not batch_norm)
+        self.norm2 = nn.BatchNorm3d(conv_channels) if batch_norm else nn.Identity()
+        self.relu2 = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool3d(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu1(self.norm1(self.conv1(x)))
+        x = self.relu2(self.norm2(self.conv2(x)))
+        return self.maxpool(x)
+
+
+class LunaModel(nn.Module):
+    """The reference nodule classifier.
+
+    Args:
+        in_channels: channels of the input crop (1: HU values).
+        conv_channels: channels of the first block; each later block doubles them.
+        crop_shape_irc: input crop size (I, R, C); only sizes the head (the reference hard-codes
+            the 1,152 features that the default 32x48x48 crop leaves). Each axis must be >= 16.
+        batch_norm: the "luna_bn" variant, see :class:`LunaBlock`; off in the reference.
+    """
+
+    name = "luna"
+
+    def __init__(self, in_channels: int = 1, conv_channels: int = 8,
+                 crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC, batch_norm: bool = False) -> None:
+        super().__init__()
+        crop_shape_irc = tuple(int(s) for s in crop_shape_irc)
+        if len(crop_shape_irc) != 3 or min(crop_shape_irc) < 2 ** _NUM_BLOCKS:
+            raise ValueError(f"crop_shape_irc must be three sizes >= 16, got {crop_shape_irc}")
+        self._config = {
+            "name": self.name,
+            "in_channels": int(in_channels),
+            "conv_channels": int(conv_channels),
+            "crop_shape_irc": list(crop_shape_irc),
+        }
+
+        # The network sees raw HU (-1000..1000): this norm rescales it to something convs like.
+        self.tail_batchnorm = nn.BatchNorm3d(in_channels)
+        channels = [in_channels] + [conv_channels * 2 ** k for k in range(_NUM_BLOCKS)]
+        self.block1 = LunaBlock(channels[0], channels[1], batch_norm)
+        self.block2 = LunaBlock(channels[1], channels[2], batch_norm)
+        self.block3 = LunaBlock(channels[2], channels[3], batch_norm)
+        self.block4 = LunaBlock(channels[3], channels[4], batch_norm)
+
+        # MaxPool3d floors odd sizes, so floor-divide once per block.
+        out_shape = [s // 2 ** _NUM_BLOCKS for s in crop_shape_irc]
+        self.head_linear = nn.Linear(channels[-1] * math.prod(out_shape), 2)
+        self.head_softmax = nn.Softmax(dim=1)
+
+        self._init_weights()
+
+    @property
+    def config(self) -> dict:
+        """What :func:`build_model` needs to rebuild this network (a fresh, JSON-able dict)."""
+        return dict(self._config, crop_shape_irc=list(self._config["crop_shape_irc"]))
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if not isinstance(module, (nn.Conv3d, nn.Linear)):
+                continue
+            nn.init.kaiming_normal_(module.weight, a=0, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                # fan_out = output channels x kernel volume (out_features for Linear).
+                fan_out = module.weight.shape[0] * module.weight[0, 0].numel()
+                bound = 1 / math.sqrt(fan_out)
+                # Faithful to the reference, which passes (-bound, bound) to normal_ as if it were
+                # uniform_: the biases are drawn with mean -bound and standard deviation bound.
+                nn.init.normal_(module.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Classify a batch of crops.
+
+        Args:
+            x: (N, in_channels, I, R, C) crops in HU, any memory format.
+
+        Returns:
+            (logits, probabilities), both (N, 2); column 1 is "nodule". The logits feed the
+            loss, the probabilities the metrics.
+        """
+        x = self.tail_batchnorm(x)
+        x = self.block4(self.block3(self.block2(self.block1(x))))
+        # flatten, not view: a channels_last_3d activation is not viewable as (N, -1).
+        logits = self.head_linear(torch.flatten(x, 1))
+        return logits, self.head_softmax(logits)
+
+
+class LunaBnModel(LunaModel):
+    """LunaModel with a BatchNorm3d after every convolution (a candidate to compare, not default)."""
+
+    name = "luna_bn"
+
+    def __init__(self, in_channels: int = 1, conv_channels: int = 8,
+                 crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC) -> None:
+        super().__init__(in_channels, conv_channels, crop_shape_irc, batch_norm=True)
+
+
+MODELS: dict[str, type[LunaModel]] = {
+    "luna": LunaModel,
+    "luna_bn": LunaBnModel,
+}
+
+DEFAULT_MODEL = "luna"
+
+
+def build_model(config: dict) -> nn.Module:
+    """Rebuild a network from its ``config`` (as stored in a checkpoint).
+
+    Args:
+        config: a dict with ``name`` (a key of :data:`MODELS`) and that model's keyword
+            arguments, e.g. ``{"name": "luna", "in_channels": 1, "conv_channels": 8}``.
+
+    Returns:
+        A freshly initialised model on the CPU.
+
+    Raises:
+        DataError: unknown model name or arguments the model does not take (a checkpoint
+            from another version, or a hand-edited one).
+    """
+    kwargs = dict(config)
+    name = kwargs.pop("name", DEFAULT_MODEL)
+    if name not in MODELS:
+        raise DataError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    try:
+        return MODELS[name](**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"cannot build model {name!r} from {config!r}: {exc}") from exc
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters of a model.
+
+    Args:
+        model: any module.
+        trainable_only: count only parameters with ``requires_grad``.
+
+    Returns:
+        The total element count.
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def prepare_model(model: nn.Module, device: torch.device | str, channels_last: bool = False) -> nn.Module:
+    """Move a model to its device (before the optimiser is built) in the wanted memory format.
+
+    Args:
+        model: the network.
+        device: where it will run.
+        channels_last: store 5-D weights as channels_last_3d, which lets cuDNN / oneDNN pick
+            their faster channels-last kernels when the input is channels-last too.
+
+    Returns:
+        The same module, moved in place.
+    """
+    if channels_last:
+        model = model.to(device=device, memory_format=torch.channels_last_3d)
+    else:
+        model = model.to(device=device)
+    log.debug("%s on %s (channels_last=%s, %d parameters)",
+              type(model).__name__, device, channels_last, count_parameters(model))
+    return model

@@ -1,0 +1,142 @@
+"""Tests for luna.model: the reference architecture, its initialisation and the registry."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from luna.errors import DataError
+from luna.model import MODELS, LunaBlock, LunaModel, build_model, count_parameters, prepare_model
+
+
+@pytest.fixture(scope="module")
+def model() -> LunaModel:
+    torch.manual_seed(0)
+    return LunaModel()
+
+
+def test_block_layers_and_shape():
+    block = LunaBlock(1, 8)
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv3d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 8), (8, 8)]
+    assert all(c.kernel_size == (3, 3, 3) and c.padding == (1, 1, 1) and c.bias is not None for c in convs)
+    assert block(torch.zeros(2, 1, 8, 6, 4)).shape == (2, 8, 4, 3, 2)
+
+
+def test_architecture_matches_reference(model):
+    assert isinstance(model.tail_batchnorm, nn.BatchNorm3d) and model.tail_batchnorm.num_features == 1
+    blocks = [model.block1, model.block2, model.block3, model.block4]
+    channels = [(b.conv1.in_channels, b.conv2.out_channels) for b in blocks]
+    assert channels == [(1, 8), (8, 16), (16, 32), (32, 64)]
+    assert (model.head_linear.in_features, model.head_linear.out_features) == (1152, 2)
+    assert not any(isinstance(m, nn.BatchNorm3d) for b in blocks for m in b.modules())
+
+
+def test_parameter_count(model):
+    # Hand count: BN 2; convs (out*in*27 + out) per layer; head 1152*2 + 2.
+    convs = [(1, 8), (8, 8), (8, 16), (16, 16), (16, 32), (32, 32), (32, 64), (64, 64)]
+    expected = 2 + sum(o * i * 27 + o for i, o in convs) + 1152 * 2 + 2
+    assert expected == 222_220
+    assert count_parameters(model) == expected
+    model.tail_batchnorm.weight.requires_grad_(False)
+    try:
+        assert count_parameters(model, trainable_only=True) == expected - 1
+    finally:
+        model.tail_batchnorm.weight.requires_grad_(True)
+
+
+def test_forward_returns_logits_and_probabilities(model):
+    model.eval()
+    x = torch.randn(3, 1, 32, 48, 48) * 400
+    with torch.no_grad():
+        logits, probs = model(x)
+    assert logits.shape == probs.shape == (3, 2)
+    torch.testing.assert_close(probs, torch.softmax(logits, dim=1))
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(3))
+
+
+def test_kaiming_fan_out_weights(model):
+    weight = model.block4.conv2.weight  # 110,592 values: a tight estimate of the std
+    fan_out = 64 * 27
+    assert weight.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.02)
+    assert abs(weight.mean().item()) < 0.1 * math.sqrt(2 / fan_out)
+    assert model.head_linear.weight.std().item() == pytest.approx(1.0, rel=0.05)  # fan_out = 2
+
+
+def test_bias_has_mean_minus_bound_and_std_bound(model):
+    # The reference's normal_(bias, -bound, bound) means bias / bound ~ N(-1, 1) in every layer:
+    # pool all 242 standardised biases. A plain N(0, bound) would give a mean near 0.
+    standardised = []
+    for module in model.modules():
+        if isinstance(module, (nn.Conv3d, nn.Linear)):
+            fan_out = module.weight.shape[0] * module.weight[0, 0].numel()
+            bound = 1 / math.sqrt(fan_out)
+            standardised.append(module.bias.detach() / bound)
+    values = torch.cat(standardised)
+    assert values.numel() == 242
+    assert values.mean().item() == pytest.approx(-1.0, abs=0.25)
+    assert values.std().item() == pytest.approx(1.0, abs=0.2)
+
+
+def test_config_roundtrip_through_json(model):
+    config = json.loads(json.dumps(model.config))
+    assert config == {"name": "luna", "in_channels": 1, "conv_channels": 8, "crop_shape_irc": [32, 48, 48]}
+    rebuilt = build_model(config)
+    assert type(rebuilt) is LunaModel
+    rebuilt.load_state_dict(model.state_dict())  # same parameter names and shapes
+    model.config["name"] = "changed"  # a copy: the model's own config stays intact
+    assert model.config["name"] == "luna"
+
+
+def test_other_sizes_and_variant():
+    small = build_model({"name": "luna", "conv_channels": 4, "crop_shape_irc": [16, 32, 32]})
+    assert small.head_linear.in_features == 32 * 1 * 2 * 2
+    assert small(torch.zeros(2, 1, 16, 32, 32))[0].shape == (2, 2)
+    variant = build_model({"name": "luna_bn"})
+    assert variant.config["name"] == "luna_bn"
+    assert sum(isinstance(m, nn.BatchNorm3d) for m in variant.modules()) == 1 + 8
+    assert variant.block1.conv1.bias is None
+    assert set(MODELS) >= {"luna", "luna_bn"}
+
+
+@pytest.mark.parametrize("config", [{"name": "resnet"}, {"name": "luna", "depth": 3},
+                                    {"name": "luna", "crop_shape_irc": [8, 48, 48]}])
+def test_build_model_rejects_bad_config(config):
+    with pytest.raises(DataError):
+        build_model(config)
+
+
+def test_channels_last_gives_same_output():
+    torch.manual_seed(1)
+    reference = LunaModel().eval()
+    other = LunaModel().eval()
+    other.load_state_dict(reference.state_dict())
+    other = prepare_model(other, "cpu", channels_last=True)
+    assert other.block2.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert not other.block2.conv1.weight.is_contiguous()
+    x = torch.randn(2, 1, 32, 48, 48) * 400
+    with torch.no_grad():
+        expected, _ = reference(x)
+        got, _ = other(x.contiguous(memory_format=torch.channels_last_3d))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_training_step_reduces_loss_on_a_tiny_batch():
+    torch.manual_seed(2)
+    net = prepare_model(LunaModel(conv_channels=4, crop_shape_irc=(16, 16, 16)), "cpu", channels_last=False)
+    x = torch.randn(8, 1, 16, 16, 16) * 300
+    y = torch.tensor([0, 1] * 4)
+    x[y == 1, :, 6:10, 6:10, 6:10] += 800  # a learnable "nodule"
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    for _ in range(15):
+        logits, _ = net(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]

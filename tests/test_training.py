@@ -1,0 +1,122 @@
+"""End-to-end training runs on a tiny synthetic LUNA16-format set (CPU, seconds each)."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from luna.training import LunaTrainingApp
+from luna.runlog import SCALAR_TAGS
+from tests.conftest import make_tiny_luna
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_tiny_luna(tmp_path_factory.mktemp("train") / "luna", n_series=4, negatives_per_scan=6)
+
+
+def _argv(data, tmp_path, *extra):
+    return ["--data-dir", str(data["root"]), "--cache-dir", str(tmp_path / "cache"),
+            "--runs-dir", str(tmp_path / "runs"), "--val-stride", "2", "--batch-size", "8",
+            "--num-workers", "0", "--epoch-size", "24", "--precision", "fp32", *extra]
+
+
+def _run_dir(tmp_path) -> Path:
+    (run_dir,) = [p for p in (tmp_path / "runs" / "luna").iterdir() if (p / "run.json").exists()]
+    return run_dir
+
+
+def _scalars(tb_dir: Path, tag: str) -> list[tuple[int, float]]:
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def _summary(run_dir: Path) -> list[dict]:
+    with open(run_dir / "summary.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_help_lists_reference_flags(capsys):
+    with pytest.raises(SystemExit) as info:
+        LunaTrainingApp(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--num-workers", "--batch-size", "--epochs", "--tb-prefix", "comment", "--lr", "--momentum",
+                 "--optimizer", "--balanced", "--epoch-size", "--augmented", "--augment-flip", "--augment-offset",
+                 "--augment-scale", "--augment-rotate", "--augment-noise", "--resume", "--seed", "--precision"):
+        assert flag in out, flag
+    assert "(default: 32)" in out
+
+
+def test_short_run_logs_tensorboard_summary_and_checkpoints(data, tmp_path, caplog):
+    with caplog.at_level("INFO"):
+        LunaTrainingApp(_argv(data, tmp_path, "--epochs", "2", "--augmented")).main()
+    text = caplog.text
+    assert "Starting LunaTrainingApp, Namespace(" in text
+    assert "Epoch 1 of 2, 3/2 batches of size 8*1" in text
+    for prefix in ("E1 trn      ", "E1 trn_neg  ", "E1 trn_pos  ", "E2 val      ", "E2 val_pos  "):
+        assert prefix in text, prefix
+    run_dir = _run_dir(tmp_path)
+    assert (run_dir / "last.pt").exists() and (run_dir / "best.pt").exists()
+    rows = _summary(run_dir)
+    assert [r["epoch"] for r in rows] == ["1", "2"] and [r["samples_seen"] for r in rows] == ["24", "48"]
+    assert {"val_auc/roc", "val_froc/cpm", "trn_pr/f1_score", "val_correct/pos"} <= set(rows[0])
+    # Two lazily created writers, named as the reference names them.
+    tb_root = tmp_path / "runs" / "luna"
+    trn_dir = next(tb_root.glob("*-trn_cls-luna"))
+    val_dir = next(tb_root.glob("*-val_cls-luna"))
+    for tb_dir in (trn_dir, val_dir):
+        acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
+        acc.Reload()
+        tags = acc.Tags()
+        for tag in SCALAR_TAGS[:6] + ("pr/f1_score", "auc/roc"):
+            assert tag in tags["scalars"], (tb_dir.name, tag)
+            assert [e.step for e in acc.Scalars(tag)] == [24, 48]  # x axis = samples seen
+        assert "pr" in tags["tensors"]  # the precision-recall curve plugin stores tensors
+    assert "froc/cpm" in EventAccumulator(str(val_dir)).Reload().Tags()["scalars"]
+
+
+def test_checkpoint_reloads_in_a_new_process(data, tmp_path):
+    LunaTrainingApp(_argv(data, tmp_path, "--epochs", "1")).main()
+    ckpt_path = _run_dir(tmp_path) / "best.pt"
+    code = (
+        "import sys, torch\n"
+        "from luna.checkpoint import load_checkpoint, load_model_state\n"
+        "from luna.model import build_model\n"
+        "ckpt = load_checkpoint(sys.argv[1])\n"
+        "model = build_model(ckpt['model_config']); load_model_state(model, ckpt, sys.argv[1], 'luna')\n"
+        "model.eval(); torch.manual_seed(0)\n"
+        "print(float(model(torch.randn(2, 1, 32, 48, 48) * 300)[1][:, 1].sum()), ckpt['epoch'], ckpt['samples_seen'])\n")
+    out = subprocess.run([sys.executable, "-c", code, str(ckpt_path)], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split()
+    from luna.checkpoint import load_checkpoint
+    from luna.model import build_model
+    ckpt = load_checkpoint(ckpt_path)
+    model = build_model(ckpt["model_config"])
+    model.load_state_dict(ckpt["model_state"])
+    model.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        expected = float(model(torch.randn(2, 1, 32, 48, 48) * 300)[1][:, 1].sum())
+    assert abs(float(out[0]) - expected) < 1e-6 and out[1:] == ["1", "24"]
+
+
+def test_resume_continues_exactly_and_keeps_the_step_axis(data, tmp_path):
+    # A constant learning rate: extending a cosine run would (rightly) stretch its schedule.
+    straight = tmp_path / "straight"
+    LunaTrainingApp(_argv(data, straight, "--epochs", "3", "--lr-schedule", "constant")).main()
+    resumed = tmp_path / "resumed"
+    LunaTrainingApp(_argv(data, resumed, "--epochs", "1", "--lr-schedule", "constant")).main()
+    run_dir = _run_dir(resumed)
+    LunaTrainingApp(_argv(data, resumed, "--epochs", "3", "--lr-schedule", "constant",
+                          "--resume", str(run_dir))).main()
+    rows, expected = _summary(run_dir), _summary(_run_dir(straight))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    for key in ("samples_seen", "trn_loss/all", "val_loss/all", "val_auc/roc"):
+        assert [r[key] for r in rows] == [r[key] for r in expected], key
+    trn_dir = next((resumed / "runs" / "luna").glob("*-trn_cls-luna"))
+    assert [step for step, _ in _scalars(trn_dir, "loss/all")] == [24, 48, 72]
