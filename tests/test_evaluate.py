@@ -1,0 +1,165 @@
+"""``luna evaluate`` end to end on small CSVs, its JSON form, and its one-line errors."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from luna.app import run_app
+from luna.evaluate import (LunaEvaluateApp, classification_metrics, evaluate, froc_from_json,
+                           froc_to_json, get_args_parser)
+from luna.froc import FP_RATES, Predictions, compute_froc, read_annotations, read_predictions
+
+PRED_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "probability"]
+ANN_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
+PNGS = ["froc.png", "roc.png", "precision_recall.png", "probability_histogram.png"]
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> dict:
+    """12 scans, 0-3 nodules each, ~30 candidates per scan, a decent but imperfect model."""
+    rng = np.random.default_rng(5)
+    preds, ann, excl = [], [], []
+    for s in range(12):
+        uid = f"1.3.6.1.{s}"
+        for _ in range(rng.integers(0, 4)):
+            center = rng.uniform(-80, 80, 3)
+            ann.append([uid, *center, rng.uniform(4, 20)])
+            if rng.random() < 0.85:
+                preds.append([uid, *(center + rng.normal(0, 0.5, 3)), rng.uniform(0.3, 1.0)])
+        excl.append([uid, *rng.uniform(-80, 80, 3), -1])
+        preds.append([uid, *excl[-1][1:4], 0.8])
+        for _ in range(30):
+            preds.append([uid, *rng.uniform(-150, 150, 3), rng.uniform(0, 0.7) ** 2])
+    return {
+        "predictions": write_csv(tmp_path / "preds.csv", PRED_COLUMNS, preds),
+        "annotations": write_csv(tmp_path / "ann.csv", ANN_COLUMNS, ann),
+        "excluded": write_csv(tmp_path / "excl.csv", ANN_COLUMNS, excl),
+    }
+
+
+def argv(study: dict, *extra: str) -> list[str]:
+    return [f"--predictions={study['predictions']}", f"--annotations={study['annotations']}",
+            f"--excluded={study['excluded']}", *extra]
+
+
+def test_app_writes_metrics_json_and_figures_matching_compute_froc(study, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    LunaEvaluateApp(argv(study, f"--out-dir={out_dir}", "--bootstraps=200", "--seed=3")).main()
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    for name in PNGS:
+        assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    preds = read_predictions(study["predictions"])
+    expected = compute_froc(preds.series_uids, preds.centers_xyz, preds.probabilities,
+                            read_annotations(study["annotations"]), read_annotations(study["excluded"]),
+                            n_bootstraps=200, seed=3)
+    froc = metrics["froc"]
+    assert froc["cpm"] == expected.cpm
+    assert froc["cpm_ci"] == list(expected.ci.cpm)
+    assert froc["sensitivity_at"] == {str(rate): expected.sensitivity_at[rate] for rate in FP_RATES}
+    assert froc["n_scans"] == 12 and froc["n_nodules"] == expected.n_nodules
+    assert metrics["counts"]["excluded_candidates"] == 12
+    assert metrics["inputs"]["bootstraps"] == 200
+    cls = metrics["classification"]
+    assert 0.5 < cls["roc_auc"] <= 1 and cls["threshold"] == 0.5
+    assert cls["n_candidates"] == len(preds.probabilities) - 12  # excluded candidates left out
+
+    table = capsys.readouterr().out
+    assert f"{expected.cpm:6.3f}  [{expected.ci.cpm[0]:.3f}, {expected.ci.cpm[1]:.3f}]" in table
+    assert "sensitivity at 0.125 FP/scan" in table and "ROC AUC" in table
+
+
+def test_default_out_dir_is_next_to_the_predictions(study):
+    app = LunaEvaluateApp(argv(study, "--bootstraps=0"))
+    assert app.args.out_dir == study["predictions"].parent / "preds_eval"
+    app.main()
+    metrics = json.loads((app.args.out_dir / "metrics.json").read_text())
+    assert metrics["froc"]["cpm_ci"] is None and metrics["froc"]["bootstrap"] is None
+
+
+def test_json_curve_keeps_every_step_reading(study):
+    preds = read_predictions(study["predictions"])
+    result = compute_froc(preds.series_uids, preds.centers_xyz, preds.probabilities,
+                          read_annotations(study["annotations"]), n_bootstraps=50)
+    data = json.loads(json.dumps(froc_to_json(result), allow_nan=False))
+    back = froc_from_json(data)
+    assert len(back.fps_per_scan) <= result.n_found + 1 < len(result.fps_per_scan)
+    for rate in FP_RATES:  # reading the corner-only curve gives the same sensitivities
+        last = np.searchsorted(back.fps_per_scan, rate, side="right") - 1
+        assert (back.sensitivity[last] if last >= 0 else 0.0) == result.sensitivity_at[rate]
+    assert back.cpm == result.cpm and back.ci.cpm == result.ci.cpm
+    np.testing.assert_array_equal(back.ci.band_upper, result.ci.band_upper)
+
+
+def test_classification_metrics_by_hand():
+    labels = np.array([True, True, False, False])
+    metrics = classification_metrics(labels, np.array([0.9, 0.4, 0.6, 0.1]), threshold=0.5)
+    assert metrics["roc_auc"] == 0.75  # 3 of the 4 (nodule, other) pairs ranked right
+    assert metrics["precision"] == metrics["recall"] == metrics["f1"] == 0.5
+    assert (metrics["true_positives"], metrics["false_positives"], metrics["false_negatives"]) == (1, 1, 1)
+    one_class = classification_metrics(np.array([False, False]), np.array([0.2, 0.7]))
+    assert math.isnan(one_class["roc_auc"]) and one_class["precision"] == 0.0
+
+
+def test_evaluate_leaves_excluded_candidates_out_of_per_candidate_figures():
+    preds = Predictions(np.array(["a", "a", "a"]), np.array([[0, 0, 0], [50, 0, 0], [99, 0, 0]], float), np.array([0.9, 0.8, 0.1]))
+    ann = {"a": np.array([[0, 0, 0, 10.0]])}
+    excl = {"a": np.array([[50, 0, 0, -1.0]])}
+    result = evaluate(preds, ann, excl, n_bootstraps=0)
+    assert result.classification["n_candidates"] == 2
+    assert result.classification["roc_auc"] == 1.0
+    assert result.froc.cpm == 1.0
+
+
+def run_and_capture(capsys, args: list[str]) -> tuple[int, str]:
+    code = run_app(LunaEvaluateApp, args, prog="luna evaluate")
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("luna evaluate: error:")]
+    return code, lines[0] if len(lines) == 1 else err
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "predictions file not found"),
+    ("seriesuid,coordX,coordY,coordZ,prob\n", "missing column probability"),
+    ("seriesuid,coordX,coordY,coordZ,probability\n", "no predictions"),
+    ("seriesuid,coordX,coordY,coordZ,probability\na,1,2,3,0.5\na,1,2,3,NaN\n", "line 3: probability is NaN"),
+    ("seriesuid,coordX,coordY,coordZ,probability\na,1,2,three,0.5\n", "line 2: coordZ is not a number"),
+])
+def test_bad_predictions_exit_1_with_one_line(study, tmp_path, capsys, content, expected):
+    bad = tmp_path / "bad.csv"
+    if content is not None:
+        bad.write_text(content)
+    code, line = run_and_capture(capsys, [f"--predictions={bad}", f"--annotations={study['annotations']}"])
+    assert code == 1
+    assert line.startswith("luna evaluate: error:") and expected in line and "bad.csv" in line
+
+
+def test_no_nodule_in_evaluated_scans_exits_1(study, tmp_path, capsys):
+    series = tmp_path / "series.txt"
+    series.write_text("not.a.scan\n")
+    code, line = run_and_capture(capsys, argv(study, f"--series-list={series}", "--bootstraps=0"))
+    assert code == 1 and "no nodule" in line
+
+
+def test_flags_are_checked_and_documented(study):
+    with pytest.raises(SystemExit) as info:
+        LunaEvaluateApp(argv(study, "--threshold=1.5"))
+    assert info.value.code == 2
+    help_text = get_args_parser().format_help()
+    for flag in ("--predictions", "--annotations", "--excluded", "--series-list", "--out-dir", "--threshold",
+                 "--bootstraps", "--seed", "--debug"):
+        assert flag in help_text
+    assert "(default: 1000)" in help_text
