@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,31 @@ def read_predictions(path: str | Path) -> Predictions:
     if not uids:
         raise DataError(f"{path}: no predictions (the file has no rows after the header)")
     return Predictions(np.array(uids), values[:, :3].copy(), values[:, 3].copy())
+
+
+def write_predictions(path: str | Path, series_uids: Sequence[str], centers_xyz: np.ndarray,
+                      probabilities: np.ndarray) -> Path:
+    """Write a LUNA16 results file atomically (temp file + rename): never a torn file.
+
+    Args:
+        path: the CSV to write.
+        series_uids, centers_xyz, probabilities: one row per candidate, world millimetres.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(PREDICTION_COLUMNS)
+            for uid, (x, y, z), p in zip(series_uids, np.asarray(centers_xyz), np.asarray(probabilities)):
+                writer.writerow([uid, f"{x:.6f}", f"{y:.6f}", f"{z:.6f}", f"{p:.6g}"])
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def read_annotations(path: str | Path, what: str = "annotations") -> dict[str, np.ndarray]:

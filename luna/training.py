@@ -206,6 +206,7 @@ class LunaTrainingApp:
             if "froc/cpm" in val_metrics:
                 log.info("E%d val      %.4f CPM (sensitivity at 1/8..8 FP/scan: %s)", epoch, val_metrics["froc/cpm"],
                          " ".join(f"{val_metrics[f'froc/sens@{r:g}']:.2f}" for r in scorer.fp_rates))
+            scorer.write(run_dir / "val_predictions.csv", val_t, val_ndx)
             runlog.log_epoch("trn", trn_metrics, trn_t, samples_seen)
             runlog.log_epoch("val", val_metrics, val_t, samples_seen)
             runlog.flush()

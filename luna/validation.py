@@ -10,7 +10,7 @@ import torch
 from luna.candidates import ANNOTATION_FILE_NAMES, EXCLUDED_FILE_NAMES, find_csv
 from luna.dataset import LunaDataset
 from luna.errors import DataError
-from luna.froc import FP_RATES, compute_cpm, read_annotations
+from luna.froc import FP_RATES, compute_cpm, read_annotations, write_predictions
 from luna.metrics import METRICS_PRED_NDX
 
 log = logging.getLogger(__name__)
@@ -50,3 +50,8 @@ class ValidationScorer:
         out = {"froc/cpm": float(result.cpm)}
         out.update({f"froc/sens@{rate:g}": float(result.sensitivity_at[rate]) for rate in FP_RATES})
         return out
+
+    def write(self, path: Path, metrics_t: torch.Tensor, cand_ndx: torch.Tensor) -> Path:
+        """The epoch's validation probabilities as a LUNA16 results file (for `luna evaluate`)."""
+        ndx = cand_ndx.numpy()
+        return write_predictions(path, self.uids[ndx], self.centers_xyz[ndx], metrics_t[METRICS_PRED_NDX].numpy())
