@@ -1,0 +1,214 @@
+"""``luna predict`` end to end on tiny scans: the results file, the split, and bad inputs."""
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from luna.app import run_app
+from luna.checkpoint import make_checkpoint, save_checkpoint
+from luna.dataset import LunaDataset
+from luna.froc import read_predictions
+from luna.model import LunaModel
+from luna.predict import RESULT_COLUMNS, LunaPredictApp
+
+from tests.conftest import make_tiny_luna
+
+VAL_STRIDE = 2
+
+
+def make_model(seed: int = 0) -> LunaModel:
+    """A small LunaModel whose probabilities spread over (0, 1) on noise scans.
+
+    Freshly initialised, it sees raw HU through an input norm with mean 0 and variance 1 and
+    saturates to 0 or 1, which would make any comparison of scores pass. Running statistics
+    that suit HU and a damped head keep the scores apart.
+    """
+    torch.manual_seed(seed)
+    model = LunaModel(conv_channels=4)
+    with torch.no_grad():
+        model.tail_batchnorm.running_mean.fill_(100.0)
+        model.tail_batchnorm.running_var.fill_(300.0 ** 2)
+        model.head_linear.weight.mul_(0.3)
+        model.head_linear.bias.zero_()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    """Tiny data and a run directory with a real checkpoint as best.pt."""
+    root = tmp_path_factory.mktemp("predict")
+    data = make_tiny_luna(root / "luna", n_series=4, negatives_per_scan=4)
+    model = make_model()
+    run_dir = root / "runs" / "luna" / "2024-01-01_00.00.00-test"
+    run_dir.mkdir(parents=True)
+    ckpt = make_checkpoint(model_name="luna", model_config=model.config, model_state=model.state_dict(),
+                           epoch=1, samples_seen=0,
+                           args={"val_stride": VAL_STRIDE, "split": "scan", "data_dir": str(data["root"])})
+    save_checkpoint(run_dir / "best.pt", ckpt)
+    return {"root": root, "data": data, "model": model, "run_dir": run_dir, "ckpt": run_dir / "best.pt"}
+
+
+def read_results(path: Path) -> tuple[list[str], list[list[str]]]:
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    return rows[0], rows[1:]
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def predict(*argv: str) -> int:
+    return run_app(LunaPredictApp, list(argv), prog="luna predict")
+
+
+def test_val_split_scores_match_the_dataset(setup, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a cache dir, if one were made, would land here
+    before = files_under(setup["root"])
+    out = tmp_path / "out" / "val.csv"
+    assert predict("--checkpoint", str(setup["ckpt"]), "--data-dir", str(setup["data"]["root"]),
+                   "--precision", "fp32", "--out", str(out)) == 0
+
+    header, rows = read_results(out)
+    assert header == list(RESULT_COLUMNS)
+    # Nothing written but the results file: no cache, no temp files, nothing beside the checkpoint.
+    assert files_under(setup["root"]) == before
+    assert files_under(tmp_path) == {out}
+
+    ds = LunaDataset(setup["data"]["root"], val_stride=VAL_STRIDE, is_val=True, cache_dir=tmp_path / "cache")
+    assert len(rows) == len(ds.candidates)
+    assert {r[0] for r in rows} == {c.series_uid for c in ds.candidates}
+    got = {(r[0], float(r[1]), float(r[2]), float(r[3])): float(r[4]) for r in rows}
+    assert len(got) == len(rows)
+    model = setup["model"]
+    expected = []
+    with torch.no_grad():
+        for ndx, info in enumerate(ds.candidates):
+            crop = ds[ndx][0]
+            expected.append(model(crop.unsqueeze(0))[1][0, 1].item())
+            # Coordinates are the candidates' own, exactly.
+            assert (info.series_uid, *info.center_xyz) in got
+    expected_a = np.array(expected)
+    got_a = np.array([got[(c.series_uid, *c.center_xyz)] for c in ds.candidates])
+    assert ((0.01 < expected_a) & (expected_a < 0.99)).all(), "saturated: the comparison would prove nothing"
+    assert ((0 <= got_a) & (got_a <= 1)).all()
+    np.testing.assert_allclose(got_a, expected_a, atol=1e-3)
+
+
+def test_splits_partition_the_scans_and_default_out(setup, tmp_path):
+    data_dir = str(setup["data"]["root"])
+    run_dir = setup["run_dir"]
+    uids = {}
+    try:
+        for split in ("val", "train", "all"):
+            # The run directory stands for its best.pt; the output lands beside it.
+            assert predict("--checkpoint", str(run_dir), "--data-dir", data_dir, "--split", split,
+                           "--precision", "fp32", "--batch-size", "5", "--no-prefetch") == 0
+            header, rows = read_results(run_dir / f"predictions_{split}.csv")
+            assert header == list(RESULT_COLUMNS)
+            uids[split] = [r[0] for r in rows]
+    finally:
+        for split in ("val", "train", "all"):
+            (run_dir / f"predictions_{split}.csv").unlink(missing_ok=True)
+    train_ds = LunaDataset(data_dir, val_stride=VAL_STRIDE, is_val=False, cache_dir=tmp_path / "cache")
+    assert set(uids["train"]) == {c.series_uid for c in train_ds.candidates}
+    assert len(uids["train"]) == len(train_ds.candidates)
+    assert not set(uids["val"]) & set(uids["train"])
+    assert sorted(uids["all"]) == sorted(uids["val"] + uids["train"])
+    assert len(uids["all"]) == len(setup["data"]["candidates"])
+
+
+def test_series_filter_defaults_to_all_and_data_dir_from_checkpoint(setup, tmp_path):
+    uid = setup["data"]["uids"][1]
+    out = tmp_path / "one.csv"
+    # No --data-dir: the training run's is used.
+    assert predict("--checkpoint", str(setup["ckpt"]), "--series", uid, "--out", str(out),
+                   "--precision", "fp32") == 0
+    _, rows = read_results(out)
+    assert {r[0] for r in rows} == {uid}
+    assert len(rows) == sum(1 for c in setup["data"]["candidates"] if c[0] == uid)
+
+
+def test_works_without_annotations(setup, tmp_path):
+    data_dir = tmp_path / "luna"
+    shutil.copytree(setup["data"]["root"], data_dir)
+    (data_dir / "annotations.csv").unlink()
+    with_ann, without_ann = tmp_path / "a.csv", tmp_path / "b.csv"
+    common = ["--checkpoint", str(setup["ckpt"]), "--precision", "fp32"]
+    assert predict(*common, "--data-dir", str(setup["data"]["root"]), "--out", str(with_ann)) == 0
+    assert predict(*common, "--data-dir", str(data_dir), "--out", str(without_ann)) == 0
+    # The scan split does not depend on diameters: same scans, same scores.
+    assert sorted(read_results(with_ann)[1]) == sorted(read_results(without_ann)[1])
+
+
+def test_bf16_is_close_to_fp32(setup, tmp_path):
+    uid = setup["data"]["uids"][0]
+    outs = {}
+    for precision in ("fp32", "bf16"):
+        outs[precision] = tmp_path / f"{precision}.csv"
+        assert predict("--checkpoint", str(setup["ckpt"]), "--series", uid, "--precision", precision,
+                       "--out", str(outs[precision])) == 0
+    fp32, bf16 = (np.array([float(r[4]) for r in read_results(outs[p])[1]]) for p in ("fp32", "bf16"))
+    np.testing.assert_allclose(bf16, fp32, atol=0.05)
+
+
+def corrupt(path: Path) -> Path:
+    path.write_bytes(b"PK\x03\x04 this is not a checkpoint" * 10)
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing checkpoint", "corrupted checkpoint", "empty run dir",
+                                  "unknown series", "series of the other split", "missing data dir"])
+def test_bad_inputs_exit_1_with_one_line_and_write_nothing(setup, tmp_path, capsys, case):
+    ckpt, data_dir = str(setup["ckpt"]), str(setup["data"]["root"])
+    argv = {
+        "missing checkpoint": ["--checkpoint", str(tmp_path / "nope.pt"), "--data-dir", data_dir],
+        "corrupted checkpoint": ["--checkpoint", str(corrupt(tmp_path / "bad.pt")), "--data-dir", data_dir],
+        "empty run dir": ["--checkpoint", str(tmp_path), "--data-dir", data_dir],
+        "unknown series": ["--checkpoint", ckpt, "--data-dir", data_dir, "--series", "1.2.3.999"],
+        "series of the other split": ["--checkpoint", ckpt, "--data-dir", data_dir, "--split", "val",
+                                      "--series", *setup["data"]["uids"]],
+        "missing data dir": ["--checkpoint", ckpt, "--data-dir", str(tmp_path / "no-such-dir")],
+    }[case]
+    out = tmp_path / "sub" / "out.csv"
+    before = files_under(tmp_path)
+    assert predict(*argv, "--out", str(out)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("luna predict: error: "), err
+    expected_word = {"unknown series": "1.2.3.999", "missing data dir": "no-such-dir",
+                     "missing checkpoint": "nope.pt", "corrupted checkpoint": "bad.pt",
+                     "empty run dir": "best.pt", "series of the other split": "--split all"}[case]
+    assert expected_word in err[0]
+    assert files_under(tmp_path) == before and not out.parent.exists()
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        LunaPredictApp(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--checkpoint", "--data-dir", "--series", "--split", "--out", "--batch-size", "--device",
+                 "--precision"):
+        assert flag in text
+
+
+def test_out_that_is_a_directory_is_a_usage_error(setup, tmp_path, capsys):
+    assert predict("--checkpoint", str(setup["ckpt"]), "--out", str(tmp_path)) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_results_file_reads_back_for_scoring(setup, tmp_path):
+    out = tmp_path / "p.csv"
+    assert predict("--checkpoint", str(setup["ckpt"]), "--split", "all", "--out", str(out),
+                   "--precision", "fp32") == 0
+    predictions = read_predictions(out)
+    assert len(predictions.probabilities) == len(setup["data"]["candidates"])
+    written = sorted((uid, *xyz) for uid, xyz in zip(predictions.series_uids.tolist(),
+                                                      predictions.centers_xyz.tolist()))
+    assert written == sorted((uid, float(x), float(y), float(z)) for uid, x, y, z, _ in setup["data"]["candidates"])
