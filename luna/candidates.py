@@ -150,6 +150,14 @@ def match_diameter(center_xyz: Sequence[float], annotations: Sequence[tuple[XyzT
     return 0.0
 
 
+def find_annotations_csv(data_dir: Path) -> Path | None:
+    """``annotations.csv`` of a data dir, or None: new scans often come with candidates only."""
+    try:
+        return find_csv(data_dir, ANNOTATION_FILE_NAMES, "annotations")
+    except DataError:
+        return None
+
+
 def get_candidate_info_list(
     data_dir: Path,
     candidates_csv: Path | None = None,
@@ -161,7 +169,8 @@ def get_candidate_info_list(
     Args:
         data_dir: LUNA16 root holding ``subset*/`` (and usually the CSVs).
         candidates_csv: defaults to ``candidates.csv`` or ``candidates_V2.csv`` found in data_dir.
-        annotations_csv: defaults to ``annotations.csv`` found in data_dir.
+        annotations_csv: defaults to ``annotations.csv`` found in data_dir; without one, every
+            diameter is 0 (only the order within each class changes).
         require_on_disk: skip (and count) candidates of scans that are not on disk.
 
     Returns:
@@ -169,11 +178,14 @@ def get_candidate_info_list(
     """
     data_dir = Path(data_dir)
     candidates_csv = Path(candidates_csv) if candidates_csv else find_csv(data_dir, CANDIDATE_FILE_NAMES, "candidates")
-    annotations_csv = Path(annotations_csv) if annotations_csv else find_csv(data_dir, ANNOTATION_FILE_NAMES, "annotations")
+    annotations_csv = Path(annotations_csv) if annotations_csv else find_annotations_csv(data_dir)
+    if annotations_csv is None:
+        log.info("No annotations CSV in %s: candidate diameters are unknown (0)", data_dir)
     on_disk = tuple(sorted(find_series_files(data_dir))) if require_on_disk else None
     return list(_cached_candidate_list(
         str(candidates_csv.resolve()), _mtime(candidates_csv),
-        str(annotations_csv.resolve()), _mtime(annotations_csv), on_disk))
+        str(annotations_csv.resolve()) if annotations_csv else None,
+        _mtime(annotations_csv) if annotations_csv else 0, on_disk))
 
 
 def _mtime(path: Path) -> int:
@@ -184,10 +196,10 @@ def _mtime(path: Path) -> int:
 
 
 @lru_cache(maxsize=4)
-def _cached_candidate_list(candidates_csv: str, _candidates_mtime: int, annotations_csv: str,
+def _cached_candidate_list(candidates_csv: str, _candidates_mtime: int, annotations_csv: str | None,
                            _annotations_mtime: int, on_disk: tuple[str, ...] | None) -> tuple[CandidateInfo, ...]:
     on_disk_set = set(on_disk) if on_disk is not None else None
-    annotations = read_annotations(Path(annotations_csv), on_disk_set)
+    annotations = read_annotations(Path(annotations_csv), on_disk_set) if annotations_csv else {}
     seen: set[tuple[str, tuple[float, ...]]] = set()
     result: list[CandidateInfo] = []
     skipped_series: set[str] = set()

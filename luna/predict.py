@@ -21,8 +21,7 @@ import numpy as np
 from torch import nn
 
 from luna.app import HelpFormatter, add_common_args, positive_int, run_app
-from luna.candidates import (ANNOTATION_FILE_NAMES, CANDIDATE_COLUMNS, CANDIDATE_FILE_NAMES, CandidateInfo,
-                             find_csv, find_series_files, get_candidate_info_list, read_csv_rows,
+from luna.candidates import (CandidateInfo, find_annotations_csv, find_series_files, get_candidate_info_list,
                              split_candidates)
 from luna.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, load_model_state
 from luna.config import CROP_SHAPE_IRC
@@ -117,22 +116,8 @@ def read_candidates(data_dir: Path, candidates_csv: Path | None,
     Returns:
         ``(candidates, has_annotations)``.
     """
-    if annotations_csv is None:
-        try:
-            annotations_csv = find_csv(data_dir, ANNOTATION_FILE_NAMES, "annotations")
-        except DataError:
-            annotations_csv = None
-    if annotations_csv is not None:
-        return get_candidate_info_list(data_dir, candidates_csv, annotations_csv), True
-    log.info("No annotations CSV in %s: candidate diameters are unknown", data_dir)
-    on_disk = find_series_files(data_dir)
-    candidates_csv = candidates_csv or find_csv(data_dir, CANDIDATE_FILE_NAMES, "candidates")
-    unique = {CandidateInfo(klass > 0.5, 0.0, uid, XyzTuple(x, y, z))
-              for _, uid, (x, y, z, klass) in read_csv_rows(candidates_csv, CANDIDATE_COLUMNS)
-              if uid in on_disk}
-    if not unique:
-        raise DataError(f"{candidates_csv}: no candidates belong to a scan on disk under {data_dir}")
-    return sorted(unique, reverse=True), False
+    annotations_csv = annotations_csv or find_annotations_csv(data_dir)
+    return get_candidate_info_list(data_dir, candidates_csv, annotations_csv), annotations_csv is not None
 
 
 def select_candidates(candidates: Sequence[CandidateInfo], split: str, val_stride: int, split_mode: str,
