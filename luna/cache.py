@@ -137,11 +137,12 @@ class CropCache:
         self.build(series_uid, mhd_path, centers_xyz)
         return True
 
-    def open_entry(self, series_uid: str, mhd_path: Path,
-                   centers_xyz: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    def open_entry(self, series_uid: str, mhd_path: Path, centers_xyz: Sequence[Sequence[float]],
+                   digest: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """A scan's crops as a memory map (validated, built first if needed) and their centre
-        voxels (K, 3); kept open per process."""
-        digest = centers_digest(centers_xyz)
+        voxels (K, 3); kept open per process. Pass ``digest`` (:func:`centers_digest` of the
+        centres) to skip re-hashing the centres on every read."""
+        digest = digest or centers_digest(centers_xyz)
         key = f"{series_uid}.{digest}"
         entry = self._open.get(key)
         if entry is not None:
@@ -176,8 +177,9 @@ def fill_cache(cache: CropCache, series_paths: dict[str, Path],
         cache: the cache to fill.
         series_paths: series uid -> ``.mhd`` path.
         centers_by_series: series uid -> its candidate centres, in entry row order.
-        num_workers: processes; 0 builds in this process. Each worker holds one scan (and its
-            crops) at a time, so memory stays about two scans per worker whatever the data size.
+        num_workers: processes; 0 builds in this process. Each worker holds one scan at a time
+            (the scan as read, its clipped int16 copy and that scan's crops), so memory is
+            bounded per worker whatever the number of scans.
 
     Returns:
         The number of scans built (0 when the cache was already complete).

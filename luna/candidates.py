@@ -88,10 +88,12 @@ def find_csv(data_dir: Path, names: Sequence[str], what: str) -> Path:
     raise DataError(f"no {what} CSV ({' or '.join(names)}) found in {data_dir}; give it with a flag")
 
 
-def read_csv_rows(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, str, tuple[float, ...]]]:
+def read_csv_rows(path: Path, columns: Sequence[str],
+                  keep: set[str] | None = None) -> Iterator[tuple[int, str, tuple[float, ...]]]:
     """Yield ``(line_number, series_uid, numbers)`` for each data row of a LUNA16 CSV.
 
-    ``columns[0]`` is the uid column; the others must parse as finite numbers.
+    ``columns[0]`` is the uid column; the others must parse as finite numbers. Rows of series
+    not in ``keep`` (when given) are yielded with empty numbers and not checked further.
 
     Raises:
         DataError: missing/empty file, a missing column, a non-numeric or NaN field, a bad uid.
@@ -118,7 +120,11 @@ def read_csv_rows(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, str
                 continue
             if len(row) < len(header):
                 raise DataError(f"{path}:{line_number}: expected {len(header)} fields, got {len(row)}")
-            uid = check_series_uid(row[positions[0]].strip(), f"{path}:{line_number}")
+            uid = row[positions[0]].strip()
+            if keep is not None and uid not in keep:
+                yield line_number, uid, ()  # a scan that is not on disk: counted, not parsed
+                continue
+            check_series_uid(uid, f"{path}:{line_number}")
             numbers = []
             for name, pos in zip(columns[1:], positions[1:]):
                 text = row[pos].strip()
@@ -204,12 +210,13 @@ def _cached_candidate_list(candidates_csv: str, _candidates_mtime: int, annotati
     result: list[CandidateInfo] = []
     skipped_series: set[str] = set()
     skipped = duplicates = 0
-    for _, uid, (x, y, z, klass) in read_csv_rows(Path(candidates_csv), CANDIDATE_COLUMNS):
+    for _, uid, numbers in read_csv_rows(Path(candidates_csv), CANDIDATE_COLUMNS, on_disk_set):
         if on_disk_set is not None and uid not in on_disk_set:
             skipped += 1
             skipped_series.add(uid)
             continue
-        key = (uid, (x, y, z, klass))
+        x, y, z, klass = numbers
+        key = (uid, numbers)
         if key in seen:
             duplicates += 1
             continue

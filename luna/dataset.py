@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from luna.cache import CropCache
+from luna.cache import CropCache, centers_digest
 from luna.candidates import CandidateInfo, find_series_files, get_candidate_info_list, split_candidates
 from luna.config import CropConfig
 from luna.errors import DataError
@@ -47,6 +47,8 @@ class LunaDataset(Dataset):
         candidate_info_list: use this sorted list instead of reading the CSVs.
         seed: base seed of the per-epoch shuffle of balanced sampling (see :meth:`set_epoch`).
         return_index: append the candidate's position in :attr:`candidates` to each sample.
+        crop_dtype: ``torch.float32`` (SPEC) or ``torch.int16``: half the bytes to collate and
+            copy to the device, where training converts it (HU values are whole numbers).
     """
 
     def __init__(self, data_dir: Path, val_stride: int = 10, is_val: bool | None = None,
@@ -55,7 +57,7 @@ class LunaDataset(Dataset):
                  crop: CropConfig = CropConfig(), candidates_csv: Path | None = None,
                  annotations_csv: Path | None = None,
                  candidate_info_list: Sequence[CandidateInfo] | None = None, seed: int = 0,
-                 return_index: bool = False):
+                 return_index: bool = False, crop_dtype: torch.dtype = torch.float32):
         self.data_dir = Path(data_dir)
         self.series_paths = find_series_files(self.data_dir)
         full = list(candidate_info_list) if candidate_info_list is not None else get_candidate_info_list(
@@ -69,6 +71,7 @@ class LunaDataset(Dataset):
             row_of[id(info)] = len(self.series_centers[info.series_uid])
             self.series_centers[info.series_uid].append(tuple(info.center_xyz))
 
+        self.series_digests = {uid: centers_digest(c) for uid, c in self.series_centers.items()}
         if series_uid is not None:
             if series_uid not in self.series_centers:
                 raise DataError(f"series {series_uid!r} has no candidates on disk under {self.data_dir}")
@@ -91,6 +94,7 @@ class LunaDataset(Dataset):
         self.epoch_size = epoch_size or len(selected)
         self.seed = seed
         self.return_index = return_index
+        self.crop_dtype = crop_dtype
         self.cache = CropCache(cache_dir if cache_dir is not None else default_cache_dir(), crop)
         self.set_epoch(0)
         log.info("%s: %d %s samples (%d nodules, %d non-nodules) from %d scans%s", type(self).__name__,
@@ -122,8 +126,9 @@ class LunaDataset(Dataset):
     def read_crop(self, cand_ndx: int) -> tuple[np.ndarray, np.ndarray]:
         """int16 crop (I, R, C) and centre voxel (3,) of candidate ``cand_ndx``."""
         info = self.candidates[cand_ndx]
-        crops, centers_irc = self.cache.open_entry(
-            info.series_uid, self.series_paths[info.series_uid], self.series_centers[info.series_uid])
+        uid = info.series_uid
+        crops, centers_irc = self.cache.open_entry(uid, self.series_paths[uid], self.series_centers[uid],
+                                                   self.series_digests[uid])
         row = self.rows[cand_ndx]
         return crops[row], centers_irc[row]
 
@@ -131,7 +136,7 @@ class LunaDataset(Dataset):
         cand_ndx = self.candidate_index(ndx)
         info = self.candidates[cand_ndx]
         crop, center_irc = self.read_crop(cand_ndx)
-        crop_t = torch.from_numpy(crop.astype(np.float32)).unsqueeze(0)
+        crop_t = torch.from_numpy(np.array(crop)).unsqueeze(0).to(self.crop_dtype)
         label_t = torch.tensor([not info.is_nodule, info.is_nodule], dtype=torch.long)
         sample = (crop_t, label_t, info.series_uid, torch.from_numpy(center_irc.copy()))
         return (*sample, cand_ndx) if self.return_index else sample

@@ -52,7 +52,8 @@ class StepConfig:
 
     def to_device(self, crops: torch.Tensor) -> torch.Tensor:
         # non_blocking pairs with pinned host memory: the copy overlaps with compute on a GPU.
-        x = crops.to(self.device, non_blocking=True)
+        # Crops may travel as int16 (half the bytes); the model gets float32 HU.
+        x = crops.to(self.device, non_blocking=True).float()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         return x

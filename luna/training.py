@@ -31,7 +31,7 @@ from luna.dataset import LunaDataset
 from luna.distributed import (DistContext, barrier, cleanup_distributed, first_occurrence_mask,
                               gather_per_sample, init_distributed, seed_everything)
 from luna.engine import StepConfig, evaluate, train_one_epoch
-from luna.errors import DataError, UsageError
+from luna.errors import DataError, LunaError, UsageError
 from luna.metrics import compute_epoch_metrics, format_epoch_lines
 from luna.model import MODELS, build_model, count_parameters, prepare_model
 from luna.recipe import add_recipe_args, augment_config, build_optimizer, build_scheduler, resolve_performance
@@ -89,7 +89,8 @@ class LunaTrainingApp:
     def _datasets(self) -> tuple[LunaDataset, LunaDataset]:
         a = self.args
         common = dict(val_stride=a.val_stride, split=a.split, cache_dir=a.cache_dir,
-                      candidates_csv=a.candidates, annotations_csv=a.annotations, return_index=True)
+                      candidates_csv=a.candidates, annotations_csv=a.annotations, return_index=True,
+                      crop_dtype=torch.int16)
         train_ds = LunaDataset(a.data_dir, is_val=False, ratio=a.balanced, epoch_size=a.epoch_size,
                                seed=a.seed, **common)
         val_ds = LunaDataset(a.data_dir, is_val=True, **common)
@@ -120,6 +121,14 @@ class LunaTrainingApp:
         self.ctx = init_distributed(self.args.device)
         try:
             self._train()
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            # CUDA raises OutOfMemoryError; the CPU allocator a RuntimeError ("can't allocate").
+            if not isinstance(exc, torch.OutOfMemoryError) and "allocate" not in str(exc) \
+                    and "out of memory" not in str(exc):
+                raise
+            size = self.args.batch_size
+            raise LunaError(f"out of memory on {self.ctx.device} at --batch-size {size}; "
+                            f"try a smaller one, e.g. --batch-size {max(size // 2, 1)}") from exc
         finally:
             cleanup_distributed()
 
@@ -147,9 +156,21 @@ class LunaTrainingApp:
         if a.resume:
             ckpt = load_checkpoint(run_dir / "last.pt", map_location=ctx.device)
             load_model_state(model, ckpt, run_dir / "last.pt", expected_name=a.model)
+            used = ckpt.get("args", {}).get("optimizer", a.optimizer)
+            if used != a.optimizer:
+                raise UsageError(f"--resume {run_dir}: the run used --optimizer {used}, not {a.optimizer}")
             optimizer.load_state_dict(ckpt["optimizer_state"])
             if scheduler is not None and ckpt.get("scheduler_state"):
                 scheduler.load_state_dict(ckpt["scheduler_state"])
+            old_lr = ckpt.get("args", {}).get("lr", a.lr)
+            if old_lr != a.lr:
+                # The optimiser state carries the old rate; an explicit new --lr wins from here on.
+                log.info("Changing the learning rate from %g to %g", old_lr, a.lr)
+                factor = scheduler.lr_lambdas[0](scheduler.last_epoch) if scheduler is not None else 1.0
+                for group in optimizer.param_groups:
+                    group["initial_lr"], group["lr"] = a.lr, a.lr * factor
+                if scheduler is not None:
+                    scheduler.base_lrs = [a.lr for _ in optimizer.param_groups]
             if scaler is not None and ckpt.get("scaler_state"):
                 scaler.load_state_dict(ckpt["scaler_state"])
             restore_rng_state(ckpt["rng_state"])
