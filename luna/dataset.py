@@ -93,6 +93,8 @@ class LunaDataset(Dataset):
             raise DataError("balanced sampling needs both nodule and non-nodule candidates in the split")
         self.epoch_size = epoch_size or len(selected)
         self.seed = seed
+        # Per-negative sampling weights for hard-negative mining (None: uniform).
+        self.neg_weights: np.ndarray | None = None
         self.return_index = return_index
         self.crop_dtype = crop_dtype
         self.cache = CropCache(cache_dir if cache_dir is not None else default_cache_dir(), crop)
@@ -107,9 +109,24 @@ class LunaDataset(Dataset):
         in every process for a given seed and epoch. Call before building the epoch's iterator."""
         rng = np.random.default_rng([self.seed, epoch])
         self._pos_order = rng.permutation(self.pos_ndx)
-        self._neg_order = rng.permutation(self.neg_ndx)
+        if self.neg_weights is None:
+            self._neg_order = rng.permutation(self.neg_ndx)
+        else:
+            # Hard-negative mining: draw this epoch's negatives in proportion to their weights.
+            n_draw = self.epoch_size - self.epoch_size // (self.ratio + 1) + 1
+            p = self.neg_weights / self.neg_weights.sum()
+            self._neg_order = rng.choice(self.neg_ndx, size=n_draw, replace=True, p=p)
         self._all_order = rng.permutation(len(self.candidates)) if self.epoch_size != len(self.candidates) \
             else np.arange(len(self.candidates))
+
+    def set_negative_weights(self, weights: np.ndarray | None) -> None:
+        """Sampling weights for the negatives (aligned with :attr:`neg_ndx`), used from the next
+        :meth:`set_epoch` on; None goes back to every negative once per pass."""
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float64)
+            if weights.shape != self.neg_ndx.shape or not np.all(weights >= 0) or weights.sum() <= 0:
+                raise ValueError("negative weights must be >= 0, not all 0, one per negative")
+        self.neg_weights = weights
 
     def __len__(self) -> int:
         return self.epoch_size

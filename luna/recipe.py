@@ -8,6 +8,7 @@ import logging
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,6 +38,9 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
                           help="negatives per positive in training batches; 0 = natural order (the reference)")
     sampling.add_argument("--epoch-size", type=positive_int, default=None,
                           help="training samples per epoch (default: the training split's size)")
+    sampling.add_argument("--hard-negatives", type=float, default=0.0, metavar="FRACTION",
+                          help="from epoch 2, draw this fraction of negatives in proportion to their last "
+                               "training loss (hard-negative mining); 0 = off")
     sampling.add_argument("--augmented", "--augment", dest="augmented", action=argparse.BooleanOptionalAction,
                           default=True, help="augment training batches on the device (never validation)")
     sampling.add_argument("--augment-flip", action=argparse.BooleanOptionalAction, default=True,
@@ -109,3 +113,36 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, 
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class HardNegativeMiner:
+    """Remembers each training negative's latest loss and turns it into sampling weights.
+
+    Weights mix uniform sampling (1 - fraction) with sampling in proportion to the loss
+    (fraction); negatives never seen yet count with the largest loss seen, so they get drawn.
+
+    Args:
+        n_candidates: size of the dataset's candidate list.
+        neg_ndx: positions of the negatives in that list.
+        fraction: share of the loss-proportional part, in [0, 1].
+    """
+
+    def __init__(self, n_candidates: int, neg_ndx: np.ndarray, fraction: float):
+        if not 0.0 <= fraction <= 1.0:
+            raise UsageError(f"--hard-negatives must be in [0, 1], got {fraction}")
+        self.fraction = fraction
+        self.position = np.full(n_candidates, -1, dtype=np.int64)
+        self.position[neg_ndx] = np.arange(len(neg_ndx))
+        self.loss = np.full(len(neg_ndx), np.nan)
+
+    def update(self, cand_ndx: np.ndarray, losses: np.ndarray) -> None:
+        pos = self.position[cand_ndx]
+        keep = pos >= 0
+        self.loss[pos[keep]] = losses[keep]
+
+    def weights(self) -> np.ndarray | None:
+        if self.fraction == 0 or np.isnan(self.loss).all():
+            return None
+        loss = np.nan_to_num(self.loss, nan=np.nanmax(self.loss))
+        loss = np.clip(loss, 1e-6, None)
+        return (1 - self.fraction) / len(loss) + self.fraction * loss / loss.sum()

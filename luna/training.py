@@ -32,9 +32,10 @@ from luna.distributed import (DistContext, barrier, cleanup_distributed, first_o
                               gather_per_sample, init_distributed, seed_everything)
 from luna.engine import StepConfig, evaluate, train_one_epoch
 from luna.errors import DataError, LunaError, UsageError
-from luna.metrics import compute_epoch_metrics, format_epoch_lines
+from luna.metrics import METRICS_LOSS_NDX, compute_epoch_metrics, format_epoch_lines
 from luna.model import MODELS, build_model, count_parameters, prepare_model
-from luna.recipe import add_recipe_args, augment_config, build_optimizer, build_scheduler, resolve_performance
+from luna.recipe import (HardNegativeMiner, add_recipe_args, augment_config, build_optimizer, build_scheduler,
+                         resolve_performance)
 from luna.runlog import RunLogger
 from luna.validation import ValidationScorer
 
@@ -151,6 +152,8 @@ class LunaTrainingApp:
         scheduler = build_scheduler(optimizer, a, len(train_loader) * a.epochs)
         scaler = torch.amp.GradScaler(ctx.device.type) if perf.precision == "fp16" else None
         start_epoch, samples_seen = 1, 0
+        miner = HardNegativeMiner(len(train_ds.candidates), train_ds.neg_ndx, a.hard_negatives) \
+            if a.hard_negatives and a.balanced else None
         tb_dir, run_name, comment = self._run_names()
         run_dir = a.resume or tb_dir / f"{run_name}-{comment}"
         if a.resume:
@@ -175,6 +178,8 @@ class LunaTrainingApp:
                 scaler.load_state_dict(ckpt["scaler_state"])
             restore_rng_state(ckpt["rng_state"])
             start_epoch, samples_seen = ckpt["epoch"] + 1, ckpt["samples_seen"]
+            if miner is not None and ckpt.get("negative_loss") is not None:
+                miner.loss = ckpt["negative_loss"].numpy()
             if ctx.is_primary:
                 log.info("Resuming %s after epoch %d (%d samples seen)", run_dir, ckpt["epoch"], samples_seen)
         train_model = model
@@ -202,6 +207,8 @@ class LunaTrainingApp:
                      ctx.world_size)
 
         for epoch in range(start_epoch, a.epochs + 1):
+            if miner is not None:
+                train_ds.set_negative_weights(miner.weights())
             train_ds.set_epoch(epoch)
             train_loader.sampler.set_epoch(epoch)
             generator.manual_seed(int(np.random.SeedSequence([a.seed, ctx.rank, epoch]).generate_state(1)[0]))
@@ -212,6 +219,9 @@ class LunaTrainingApp:
             trn_t, trn_ndx = train_one_epoch(train_model, train_loader, optimizer, scheduler, scaler,
                                              step_cfg, epoch, generator)
             trn_t = gather_per_sample(trn_t, ctx)
+            trn_ndx = gather_per_sample(trn_ndx.unsqueeze(0), ctx)[0]
+            if miner is not None:
+                miner.update(trn_ndx.numpy(), trn_t[METRICS_LOSS_NDX].numpy())
             samples_seen += trn_t.shape[1]
             train_seconds = time.monotonic() - start
             val_t, val_ndx = evaluate(train_model, val_loader, step_cfg, epoch)
@@ -242,7 +252,8 @@ class LunaTrainingApp:
                                     optimizer_state=optimizer.state_dict(),
                                     scheduler_state=scheduler.state_dict() if scheduler else None,
                                     scaler_state=scaler.state_dict() if scaler else None, epoch=epoch,
-                                    samples_seen=samples_seen, args=a)
+                                    samples_seen=samples_seen, args=a,
+                                    negative_loss=torch.from_numpy(miner.loss) if miner is not None else None)
             saver.save(state, val_metrics.get(a.best_metric, math.nan))
         if runlog is not None:
             runlog.close()
