@@ -20,13 +20,24 @@ log = logging.getLogger(__name__)
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time: notebooks and test runners swap it."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure_logging(level: int = logging.INFO) -> None:
-    """Send luna's log records to stderr once; calling again only changes the level."""
+    """Send log records to stderr once; calling again only changes the level."""
     root = logging.getLogger()
-    if not any(getattr(h, "_luna", False) for h in root.handlers):
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        handler._luna = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
 
