@@ -63,3 +63,18 @@ def test_return_index_and_pickled_copy_reads_the_same(tiny_luna, tmp_path):
     assert len(sample) == 5 and sample[4] == ds.candidate_index(5)
     clone = pickle.loads(pickle.dumps(ds))  # what a DataLoader worker under spawn receives
     assert torch.equal(clone[5][0], sample[0])
+
+
+def test_negative_weights_steer_which_negatives_are_drawn(tiny_luna, tmp_path):
+    ds = LunaDataset(tiny_luna["root"], val_stride=0, ratio=1, epoch_size=400, cache_dir=tmp_path / "c")
+    weights = np.zeros(len(ds.neg_ndx))
+    weights[3] = 1.0  # all the mass on one negative
+    ds.set_negative_weights(weights)
+    ds.set_epoch(1)
+    negatives = {ds.candidate_index(i) for i in range(1, 400, 2)}
+    assert negatives == {int(ds.neg_ndx[3])}
+    ds.set_negative_weights(None)
+    ds.set_epoch(1)
+    assert len({ds.candidate_index(i) for i in range(1, 400, 2)}) == len(ds.neg_ndx)
+    with pytest.raises(ValueError):
+        ds.set_negative_weights(np.zeros(len(ds.neg_ndx)))
