@@ -29,8 +29,8 @@ from luna import plots
 from luna.app import HelpFormatter, add_common_args, non_negative_int, run_app
 from luna.errors import DataError
 from luna.froc import (FP_RATES, MAX_MARKS_PER_SCAN, Findings, FrocInterval, FrocResult, Matches,
-                       Predictions, froc_from_matches, match_candidates, read_annotations,
-                       read_predictions, read_series_list)
+                       froc_from_matches, match_candidates)
+from luna.luna16_files import Predictions, read_annotations, read_predictions, read_series_list
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from luna.candidates import ANNOTATION_FILE_NAMES, EXCLUDED_FILE_NAMES, find_csv
 from luna.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
 from luna.errors import DataError
 from luna.evaluate import Evaluation, evaluate
-from luna.froc import read_annotations, read_predictions
+from luna.luna16_files import read_annotations, read_predictions
 from luna.runlog import SUMMARY_NAME, read_summary
 
 log = logging.getLogger(__name__)

@@ -139,6 +139,9 @@ class LunaTrainingApp:
             log.info("Starting %s, %s", type(self).__name__, a)
         seed_everything(a.seed, ctx.rank)
         perf = resolve_performance(a, ctx.device)
+        if ctx.device.type == "cuda":
+            # Fixed input shapes: let cuDNN time its algorithms once and keep the fastest.
+            torch.backends.cudnn.benchmark = True
         train_ds, val_ds = self._datasets()
         if ctx.is_primary:
             fill_cache(train_ds.cache, train_ds.series_paths, train_ds.series_centers, a.num_workers)

@@ -10,7 +10,8 @@ import torch
 from luna.candidates import ANNOTATION_FILE_NAMES, EXCLUDED_FILE_NAMES, find_csv
 from luna.dataset import LunaDataset
 from luna.errors import DataError
-from luna.froc import FP_RATES, compute_cpm, read_annotations, write_predictions
+from luna.froc import FP_RATES, compute_cpm
+from luna.luna16_files import read_annotations, write_predictions
 from luna.metrics import METRICS_PRED_NDX
 
 log = logging.getLogger(__name__)

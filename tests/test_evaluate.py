@@ -12,7 +12,8 @@ import pytest
 from luna.app import run_app
 from luna.evaluate import (LunaEvaluateApp, classification_metrics, evaluate, froc_from_json,
                            froc_to_json, get_args_parser)
-from luna.froc import FP_RATES, Predictions, compute_froc, read_annotations, read_predictions
+from luna.froc import FP_RATES, compute_froc
+from luna.luna16_files import Predictions, read_annotations, read_predictions
 
 PRED_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "probability"]
 ANN_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from luna.errors import DataError
-from luna.froc import (FP_RATES, bootstrap_froc, compute_cpm, compute_froc, froc_from_matches,
-                       match_candidates, read_annotations, read_predictions, read_series_list)
+from luna.froc import FP_RATES, bootstrap_froc, compute_cpm, compute_froc, froc_from_matches, match_candidates
+from luna.luna16_files import read_annotations, read_predictions, read_series_list
 
 FAR = (500.0, 500.0, 500.0)  # hits nothing
 
