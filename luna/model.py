@@ -133,6 +133,11 @@ class LunaBnModel(LunaModel):
     def __init__(self, in_channels: int = 1, conv_channels: int = 8,
                  crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC) -> None:
         super().__init__(in_channels, conv_channels, crop_shape_irc, batch_norm=True)
+        # The reference's fan_out init of the head assumes small, un-normalised features; after
+        # batch norm the 1,152 features have unit scale and it would start with logits of
+        # standard deviation ~30 (losses near 10). Start the head small instead.
+        nn.init.normal_(self.head_linear.weight, std=0.01)
+        nn.init.zeros_(self.head_linear.bias)
 
 
 MODELS: dict[str, type[LunaModel]] = {
