@@ -54,8 +54,8 @@ BATCH_SIZE = 32
 NUM_WORKERS = 2
 SEED = 0
 # The reference's optimiser and sampling, for both designs (weight decay: the reference has none).
-REFERENCE_RECIPE = ["--optimizer", "sgd", "--lr", "0.001", "--momentum", "0.99", "--weight-decay", "0",
-                    "--lr-schedule", "constant", "--balanced", "0", "--no-augmented"]
+REFERENCE_RECIPE = ["--model", "luna", "--optimizer", "sgd", "--lr", "0.001", "--momentum", "0.99",
+                    "--weight-decay", "0", "--lr-schedule", "constant", "--balanced", "0", "--no-augmented"]
 EPOCH_LINE = re.compile(r"Epoch (\d+) of (\d+)")
 
 

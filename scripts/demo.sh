@@ -9,7 +9,7 @@ luna() { .venv/bin/luna "$@"; }
 
 DATA=${LUNA_DEMO_DATA:-data/synth}
 CACHE=${LUNA_CACHE_DIR:-cache}
-EPOCHS=${LUNA_DEMO_EPOCHS:-6}
+EPOCHS=${LUNA_DEMO_EPOCHS:-5}
 EPOCH_SIZE=${LUNA_DEMO_EPOCH_SIZE:-10000}
 
 if [ ! -f "$DATA/candidates.csv" ]; then
