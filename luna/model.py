@@ -121,8 +121,13 @@ class LunaModel(nn.Module):
         x = self.tail_batchnorm(x)
         x = self.block4(self.block3(self.block2(self.block1(x))))
         # flatten, not view: a channels_last_3d activation is not viewable as (N, -1).
-        logits = self.head_linear(torch.flatten(x, 1))
-        return logits, self.head_softmax(logits)
+        features = torch.flatten(x, 1)
+        # The head runs in float32 even under autocast: bf16 logits keep 8 significant bits, so
+        # dozens of candidates would tie at probability 1.0 and blur the top of the ranking
+        # that FROC scores. It is one small matrix product.
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            logits = self.head_linear(features.float())
+            return logits, self.head_softmax(logits)
 
 
 class LunaBnModel(LunaModel):

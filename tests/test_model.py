@@ -140,3 +140,14 @@ def test_training_step_reduces_loss_on_a_tiny_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_probabilities_are_float32_under_bf16_autocast():
+    # bf16 probabilities tie near 1.0 and ruin the FROC ranking; the head must stay float32.
+    torch.manual_seed(0)
+    model = LunaModel().train()  # batch statistics: an untrained model in eval mode saturates
+    x = torch.randn(64, 1, 32, 48, 48) * 400
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, probs = model(x)
+    assert logits.dtype == torch.float32 and probs.dtype == torch.float32
+    assert len(set(probs[:, 1].tolist())) == 64
