@@ -160,31 +160,7 @@ class LunaTrainingApp:
         tb_dir, run_name, comment = self._run_names()
         run_dir = a.resume or tb_dir / f"{run_name}-{comment}"
         if a.resume:
-            ckpt = load_checkpoint(run_dir / "last.pt", map_location=ctx.device)
-            load_model_state(model, ckpt, run_dir / "last.pt", expected_name=a.model)
-            used = ckpt.get("args", {}).get("optimizer", a.optimizer)
-            if used != a.optimizer:
-                raise UsageError(f"--resume {run_dir}: the run used --optimizer {used}, not {a.optimizer}")
-            optimizer.load_state_dict(ckpt["optimizer_state"])
-            if scheduler is not None and ckpt.get("scheduler_state"):
-                scheduler.load_state_dict(ckpt["scheduler_state"])
-            old_lr = ckpt.get("args", {}).get("lr", a.lr)
-            if old_lr != a.lr:
-                # The optimiser state carries the old rate; an explicit new --lr wins from here on.
-                log.info("Changing the learning rate from %g to %g", old_lr, a.lr)
-                factor = scheduler.lr_lambdas[0](scheduler.last_epoch) if scheduler is not None else 1.0
-                for group in optimizer.param_groups:
-                    group["initial_lr"], group["lr"] = a.lr, a.lr * factor
-                if scheduler is not None:
-                    scheduler.base_lrs = [a.lr for _ in optimizer.param_groups]
-            if scaler is not None and ckpt.get("scaler_state"):
-                scaler.load_state_dict(ckpt["scaler_state"])
-            restore_rng_state(ckpt["rng_state"])
-            start_epoch, samples_seen = ckpt["epoch"] + 1, ckpt["samples_seen"]
-            if miner is not None and ckpt.get("negative_loss") is not None:
-                miner.loss = ckpt["negative_loss"].numpy()
-            if ctx.is_primary:
-                log.info("Resuming %s after epoch %d (%d samples seen)", run_dir, ckpt["epoch"], samples_seen)
+            start_epoch, samples_seen = self._restore(run_dir, model, optimizer, scheduler, scaler, miner)
         train_model = model
         if ctx.is_distributed:
             train_model = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
@@ -261,6 +237,35 @@ class LunaTrainingApp:
         if runlog is not None:
             runlog.close()
             log.info("Finished: run directory %s (best %s = %.4f)", run_dir, a.best_metric, saver.best_metric)
+
+    def _restore(self, run_dir: Path, model, optimizer, scheduler, scaler, miner) -> tuple[int, int]:
+        """Load ``run_dir/last.pt`` into the training state; return (next epoch, samples seen)."""
+        a, ctx = self.args, self.ctx
+        ckpt = load_checkpoint(run_dir / "last.pt", map_location=ctx.device)
+        load_model_state(model, ckpt, run_dir / "last.pt", expected_name=a.model)
+        used = ckpt.get("args", {}).get("optimizer", a.optimizer)
+        if used != a.optimizer:
+            raise UsageError(f"--resume {run_dir}: the run used --optimizer {used}, not {a.optimizer}")
+        optimizer.load_state_dict(ckpt["optimizer_state"])
+        if scheduler is not None and ckpt.get("scheduler_state"):
+            scheduler.load_state_dict(ckpt["scheduler_state"])
+        old_lr = ckpt.get("args", {}).get("lr", a.lr)
+        if old_lr != a.lr:
+            # The optimiser state carries the old rate; an explicit new --lr wins from here on.
+            log.info("Changing the learning rate from %g to %g", old_lr, a.lr)
+            factor = scheduler.lr_lambdas[0](scheduler.last_epoch) if scheduler is not None else 1.0
+            for group in optimizer.param_groups:
+                group["initial_lr"], group["lr"] = a.lr, a.lr * factor
+            if scheduler is not None:
+                scheduler.base_lrs = [a.lr for _ in optimizer.param_groups]
+        if scaler is not None and ckpt.get("scaler_state"):
+            scaler.load_state_dict(ckpt["scaler_state"])
+        restore_rng_state(ckpt["rng_state"])
+        if miner is not None and ckpt.get("negative_loss") is not None:
+            miner.loss = ckpt["negative_loss"].numpy()
+        if ctx.is_primary:
+            log.info("Resuming %s after epoch %d (%d samples seen)", run_dir, ckpt["epoch"], ckpt["samples_seen"])
+        return ckpt["epoch"] + 1, ckpt["samples_seen"]
 
     def _gather_unique(self, metrics_t: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every validation sample exactly once: DistributedSampler pads ranks by repeating some."""
