@@ -39,9 +39,9 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
                           help="negatives per positive in training batches; 0 = natural order (the reference)")
     sampling.add_argument("--epoch-size", type=positive_int, default=None,
                           help="training samples per epoch (default: the training split's size)")
-    sampling.add_argument("--hard-negatives", type=float, default=0.0, metavar="FRACTION",
+    sampling.add_argument("--hard-negatives", type=float, default=0.5, metavar="FRACTION",
                           help="from epoch 2, draw this fraction of negatives in proportion to their last "
-                               "training loss (hard-negative mining); 0 = off")
+                               "training loss (hard-negative mining; needs --balanced); 0 = off")
     sampling.add_argument("--augmented", "--augment", dest="augmented", action=argparse.BooleanOptionalAction,
                           default=True, help="augment training batches on the device (never validation)")
     sampling.add_argument("--augment-flip", action=argparse.BooleanOptionalAction, default=True,
