@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job, end to end on built-in synthetic LUNA16-format data (about 25 minutes on 2 CPU
+# The main job, end to end on built-in synthetic LUNA16-format data (about 20 minutes on 2 CPU
 # cores): set up .venv, synthesise scans, fill the crop cache, train with the default recipe,
 # score the held-out scans, evaluate them by the LUNA16 rules and write an HTML report.
 set -euo pipefail
