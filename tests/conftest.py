@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import SimpleITK as sitk
 
 from luna.geometry import irc2xyz
@@ -64,6 +65,25 @@ def make_tiny_luna(root: Path, n_series: int = 4, shape_irc=(40, 64, 64), seed: 
     write_csv(root / "annotations.csv", ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"], annotations)
     return {"root": root, "uids": uids, "candidates": candidates, "annotations": annotations,
             "geometry": geometry}
+
+
+def make_spread_model(seed: int = 0, crop_shape_irc=(32, 48, 48)):
+    """A small LunaModel whose probabilities spread over (0, 1) on noise scans.
+
+    Freshly initialised, it sees raw HU through an input norm with mean 0 and variance 1 and
+    saturates to 0 or 1, which would make any comparison of scores pass. Running statistics
+    that suit HU and a damped head keep the scores apart.
+    """
+    torch.manual_seed(seed)
+    from luna.model import LunaModel
+
+    model = LunaModel(conv_channels=4, crop_shape_irc=crop_shape_irc)
+    with torch.no_grad():
+        model.tail_batchnorm.running_mean.fill_(100.0)
+        model.tail_batchnorm.running_var.fill_(300.0 ** 2)
+        model.head_linear.weight.mul_(0.3)
+        model.head_linear.bias.zero_()
+    return model.eval()
 
 
 @pytest.fixture

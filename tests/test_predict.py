@@ -15,29 +15,11 @@ from luna.app import run_app
 from luna.checkpoint import make_checkpoint, save_checkpoint
 from luna.dataset import LunaDataset
 from luna.luna16_files import read_predictions
-from luna.model import LunaModel
 from luna.predict import RESULT_COLUMNS, LunaPredictApp
 
-from tests.conftest import make_tiny_luna
+from tests.conftest import make_spread_model, make_tiny_luna
 
 VAL_STRIDE = 2
-
-
-def make_model(seed: int = 0) -> LunaModel:
-    """A small LunaModel whose probabilities spread over (0, 1) on noise scans.
-
-    Freshly initialised, it sees raw HU through an input norm with mean 0 and variance 1 and
-    saturates to 0 or 1, which would make any comparison of scores pass. Running statistics
-    that suit HU and a damped head keep the scores apart.
-    """
-    torch.manual_seed(seed)
-    model = LunaModel(conv_channels=4)
-    with torch.no_grad():
-        model.tail_batchnorm.running_mean.fill_(100.0)
-        model.tail_batchnorm.running_var.fill_(300.0 ** 2)
-        model.head_linear.weight.mul_(0.3)
-        model.head_linear.bias.zero_()
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +27,7 @@ def setup(tmp_path_factory) -> dict:
     """Tiny data and a run directory with a real checkpoint as best.pt."""
     root = tmp_path_factory.mktemp("predict")
     data = make_tiny_luna(root / "luna", n_series=4, negatives_per_scan=4)
-    model = make_model()
+    model = make_spread_model()
     run_dir = root / "runs" / "luna" / "2024-01-01_00.00.00-test"
     run_dir.mkdir(parents=True)
     ckpt = make_checkpoint(model_name="luna", model_config=model.config, model_state=model.state_dict(),

@@ -10,31 +10,13 @@ import torch
 from luna.ct import Ct
 from luna.engine import StepConfig
 from luna.errors import DataError
-from luna.model import LunaModel
 from luna.scoring import ScanJob, iter_scan_scores, score_scan
 
-from tests.conftest import make_tiny_luna
+from tests.conftest import make_spread_model, make_tiny_luna
 
 CPU_FP32 = StepConfig(torch.device("cpu"), "fp32", channels_last=False)
 # A smaller crop than the default keeps these tests fast; score_scan must honour it.
 CROP_IRC = (16, 24, 24)
-
-
-def make_model(seed: int = 0) -> LunaModel:
-    """A small LunaModel whose probabilities spread over (0, 1) on noise scans.
-
-    Freshly initialised, it sees raw HU through an input norm with mean 0 and variance 1 and
-    saturates to 0 or 1, which would make any comparison of scores pass. Running statistics
-    that suit HU and a damped head keep the scores apart.
-    """
-    torch.manual_seed(seed)
-    model = LunaModel(conv_channels=4, crop_shape_irc=CROP_IRC)
-    with torch.no_grad():
-        model.tail_batchnorm.running_mean.fill_(100.0)
-        model.tail_batchnorm.running_var.fill_(300.0 ** 2)
-        model.head_linear.weight.mul_(0.3)
-        model.head_linear.bias.zero_()
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +44,7 @@ def reference_scores(model: torch.nn.Module, ct: Ct, centers_xyz) -> np.ndarray:
 
 
 def test_score_scan_matches_single_crops_for_any_batch_size(data):
-    model = make_model()
+    model = make_spread_model(crop_shape_irc=CROP_IRC)
     job = scan_jobs(data)[0]
     ct = Ct(job.mhd_path)
     expected = reference_scores(model, ct, job.centers_xyz)
@@ -75,7 +57,7 @@ def test_score_scan_matches_single_crops_for_any_batch_size(data):
 
 
 def test_score_scan_puts_the_model_in_eval_mode(data):
-    model = make_model()
+    model = make_spread_model(crop_shape_irc=CROP_IRC)
     job = scan_jobs(data)[0]
     ct = Ct(job.mhd_path)
     expected = reference_scores(model, ct, job.centers_xyz)
@@ -86,11 +68,11 @@ def test_score_scan_puts_the_model_in_eval_mode(data):
 
 
 def test_score_scan_channels_last_and_empty(data):
-    model = make_model()
+    model = make_spread_model(crop_shape_irc=CROP_IRC)
     job = scan_jobs(data)[1]
     ct = Ct(job.mhd_path)
     plain = score_scan(model, ct, job.centers_xyz, CPU_FP32, crop_shape_irc=CROP_IRC)
-    model_cl = make_model().to(memory_format=torch.channels_last_3d)
+    model_cl = make_spread_model(crop_shape_irc=CROP_IRC).to(memory_format=torch.channels_last_3d)
     cl_cfg = StepConfig(torch.device("cpu"), "fp32", channels_last=True)
     np.testing.assert_allclose(score_scan(model_cl, ct, job.centers_xyz, cl_cfg, crop_shape_irc=CROP_IRC), plain, atol=1e-5)
     assert score_scan(model, ct, [], CPU_FP32, crop_shape_irc=CROP_IRC).shape == (0,)
@@ -100,12 +82,13 @@ def test_score_scan_rejects_a_centre_outside_the_scan(data):
     job = scan_jobs(data)[0]
     ct = Ct(job.mhd_path)
     with pytest.raises(DataError, match="outside the scan"):
-        score_scan(make_model(), ct, [job.centers_xyz[0], (1e4, 1e4, 1e4)], CPU_FP32, crop_shape_irc=CROP_IRC)
+        score_scan(make_spread_model(crop_shape_irc=CROP_IRC), ct, [job.centers_xyz[0], (1e4, 1e4, 1e4)], CPU_FP32,
+                   crop_shape_irc=CROP_IRC)
 
 
 @pytest.mark.parametrize("prefetch", [True, False])
 def test_iter_scan_scores_in_job_order(data, prefetch):
-    model = make_model()
+    model = make_spread_model(crop_shape_irc=CROP_IRC)
     jobs = scan_jobs(data)[::-1]
     results = list(iter_scan_scores(model, jobs, CPU_FP32, batch_size=5, crop_shape_irc=CROP_IRC, prefetch=prefetch))
     assert [job.series_uid for job, _ in results] == [job.series_uid for job in jobs]
@@ -120,7 +103,8 @@ def test_unreadable_scan_raises_on_its_turn(tmp_path, prefetch):
     data = make_tiny_luna(tmp_path / "luna", n_series=2, negatives_per_scan=1)
     jobs = scan_jobs(data)
     jobs[1].mhd_path.with_suffix(".raw").unlink()
-    scored = iter_scan_scores(make_model(), jobs, CPU_FP32, crop_shape_irc=CROP_IRC, prefetch=prefetch)
+    scored = iter_scan_scores(make_spread_model(crop_shape_irc=CROP_IRC), jobs, CPU_FP32, crop_shape_irc=CROP_IRC,
+                              prefetch=prefetch)
     first_job, first = next(scored)  # the good scan comes out although the next read failed
     assert first_job is jobs[0] and first.shape == (len(jobs[0].centers_xyz),)
     with pytest.raises(DataError, match=r"\.raw is missing"):
