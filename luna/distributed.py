@@ -8,6 +8,7 @@ process (rank 0 of 1) and every collective here is a no-op that returns its inpu
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import random
@@ -139,6 +140,10 @@ def init_distributed(device_arg: str = "auto") -> DistContext:
 def cleanup_distributed() -> None:
     """Leave the process group, if this process joined one."""
     if dist.is_available() and dist.is_initialized():
+        # A DDP wrapper left in a reference cycle still holds the group; collect it now, while
+        # the interpreter is whole, rather than during its shutdown (where Gloo's worker
+        # threads can abort the process).
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -122,6 +122,9 @@ class LunaTrainingApp:
         self.ctx = init_distributed(self.args.device)
         try:
             self._train()
+            # No rank tears its process group down while another is still using it: a peer
+            # that leaves early can make Gloo abort the others at exit.
+            barrier(self.ctx)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             # CUDA raises OutOfMemoryError; the CPU allocator a RuntimeError ("can't allocate").
             if not isinstance(exc, torch.OutOfMemoryError) and "allocate" not in str(exc) \
