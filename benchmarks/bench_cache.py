@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,8 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
+
+from bench_report import Report, load_average  # noqa: E402
 
 from luna.candidates import find_series_files, get_candidate_info_list  # noqa: E402
 from luna.ct import read_mhd_header  # noqa: E402
@@ -59,18 +60,6 @@ def make_data(data_dir: Path, quick: bool) -> str:
         make_tiny_luna(data_dir, n_series=n_series, shape_irc=(120, 256, 256), negatives_per_scan=negatives)
         return (f"tests.conftest.make_tiny_luna(n_series={n_series}, shape_irc=(120, 256, 256), "
                 f"negatives_per_scan={negatives}) (phantom unavailable: {exc})")
-
-
-def machine_lines() -> list[str]:
-    import platform
-
-    import torch
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return [f"machine: {os.cpu_count()} CPUs ({model}), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
-            f"torch {torch.__version__}, python {platform.python_version()}, {platform.system()}",
-            f"load average at start: {' '.join(f'{v:.1f}' for v in os.getloadavg())} "
-            "(other work shares this machine)"]
 
 
 def dir_bytes(path: Path) -> int:
@@ -215,19 +204,13 @@ def main(argv: list[str] | None = None) -> None:
     quick = args.quick
     repeats = args.repeats or (1 if quick else 3)
     read_seconds = 0.5 if quick else 2.0
-    out_path = args.out or REPO / "benchmarks" / "results" / f"bench_cache{'_quick' if quick else ''}.txt"
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_cache-"))
-    lines = [f"$ {' '.join([Path(sys.executable).name, *sys.argv])}", *machine_lines()]
-
-    def say(line: str = "") -> None:
-        print(line, flush=True)
-        lines.append(line)
+    report = Report(f"bench_cache{'_quick' if quick else ''}", args.out)
+    say = report.say
 
     def progress(what: str) -> None:  # stdout only: where the time goes
         print(f"  [{time.perf_counter() - started:5.1f} s] {what}", flush=True)
 
-    for line in lines:
-        print(line)
     started = time.perf_counter()
     try:
         data_dir = work / "data"
@@ -333,14 +316,12 @@ def main(argv: list[str] | None = None) -> None:
             f"{max(loader['ours']) / model_rate:,.0f}x (goal >= 20x)")
         say(f"gzip reference / model: one-process reads {reads['gzip'] / model_rate:,.1f}x, DataLoader best "
             f"{max(loader['gzip']) / model_rate:,.1f}x")
-        say(f"\nload average at end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}; "
+        say(f"\nload average at end: {load_average()}; "
             f"total {time.perf_counter() - started:.0f} s")
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out_path}")
+    report.write()
 
 
 if __name__ == "__main__":

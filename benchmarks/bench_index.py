@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -28,9 +27,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO)]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 import numpy as np  # noqa: E402
+
+from bench_report import Report  # noqa: E402
 
 LUNA16 = {"rows": 551_065, "series": 888, "positives": 1_351, "annotations": 1_186, "annotated_series": 601}
 UID_PREFIX = "1.3.6.1.4.1.14519.5.2.1.6279.6001."
@@ -128,18 +129,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.child is not None:
         return child(None if args.child == "-" else args.child)
 
-    import platform
     scale = 0.1 if args.quick else 1.0
     repeats = args.repeats or (1 if args.quick else 2)
-    out_path = args.out or REPO / "benchmarks" / "results" / f"bench_index{'_quick' if args.quick else ''}.txt"
-    lines = [f"$ {' '.join([Path(sys.executable).name, *sys.argv])}",
-             f"machine: {os.cpu_count()} CPUs, python {platform.python_version()}, {platform.system()}; "
-             f"load average at start: {' '.join(f'{v:.1f}' for v in os.getloadavg())} (shared machine)"]
-    print("\n".join(lines))
-
-    def say(line: str = "") -> None:
-        print(line, flush=True)
-        lines.append(line)
+    report = Report(f"bench_index{'_quick' if args.quick else ''}", args.out)
+    say = report.say
 
     work = Path(tempfile.mkdtemp(prefix="bench_index-"))
     try:
@@ -171,9 +164,7 @@ def main(argv: list[str] | None = None) -> None:
             f"best of {repeats} fresh processes; total {time.perf_counter() - started:.0f} s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out_path}")
+    report.write()
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import signal
@@ -44,6 +43,8 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
+from bench_report import Report, load_average  # noqa: E402
+
 import reference_cache  # noqa: E402
 
 # (scans, negatives per positive, val stride, epochs): a full epoch is ~1,300 samples (full)
@@ -60,7 +61,7 @@ EPOCH_LINE = re.compile(r"Epoch (\d+) of (\d+)")
 
 
 def load_line(when: str) -> str:
-    return f"load average {when}: {' '.join(f'{v:.1f}' for v in os.getloadavg())}"
+    return f"load average {when}: {load_average()}"
 
 
 # --------------------------------------------------------------------------- running and watching a child
@@ -334,30 +335,19 @@ def main(argv: list[str] | None = None) -> None:
     # work directory removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    import torch
 
-    from bench_cache import machine_lines
     from luna.candidates import get_candidate_info_list, split_candidates
 
     quick = args.quick
     n_series, ratio, val_stride, epochs = SETTINGS["quick" if quick else "full"]
     epochs = args.epochs or epochs
-    out_path = args.out or REPO / "benchmarks" / "results" / f"bench_training{'_quick' if quick else ''}.txt"
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_training-"))
-    threads_env = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
-    lines = [f"$ {threads_env}{' '.join([Path(sys.executable).name, *sys.argv])}", *machine_lines(),
-             f"torch intra-op threads: {torch.get_num_threads()} (OMP_NUM_THREADS="
-             f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), for every run"]
-
-    def say(line: str = "") -> None:
-        print(line, flush=True)
-        lines.append(line)
+    report = Report(f"bench_training{'_quick' if quick else ''}", args.out)
+    say = report.say
 
     def progress(what: str) -> None:  # stdout only: where the time goes
         print(f"  [{time.perf_counter() - started:5.1f} s] {what}", flush=True)
 
-    for line in lines:
-        print(line)
     started = time.perf_counter()
     try:
         data_dir, ours_dir, ref_dir = work / "data", work / "cache-ours", work / "cache-reference"
@@ -434,9 +424,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out_path}")
+    report.write()
 
 
 if __name__ == "__main__":

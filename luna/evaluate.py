@@ -31,6 +31,7 @@ from luna.errors import DataError
 from luna.froc import (FP_RATES, MAX_MARKS_PER_SCAN, Findings, FrocInterval, FrocResult, Matches,
                        froc_from_matches, match_candidates)
 from luna.luna16_files import Predictions, read_annotations, read_predictions, read_series_list
+from luna.metrics import GOAL_PRECISION, recall_at_precision
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,9 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, thresh
 
     Returns:
         ``roc_auc`` and ``average_precision`` (nan unless both classes are present),
-        ``precision``, ``recall``, ``f1`` (0.0 where undefined) and the confusion counts.
+        ``precision``, ``recall``, ``f1`` (0.0 where undefined), the confusion counts and
+        ``recall_at_precision``: the best recall at precision >= ``min_precision`` over all
+        thresholds (nan without positives).
     """
     labels = np.asarray(labels, dtype=bool)
     called = np.asarray(probabilities) > threshold
@@ -63,6 +66,8 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, thresh
         "precision": precision, "recall": recall,
         "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
         "true_positives": tp, "false_positives": fp, "false_negatives": fn, "true_negatives": tn,
+        "min_precision": GOAL_PRECISION,
+        "recall_at_precision": recall_at_precision(labels, np.asarray(probabilities)) if labels.any() else math.nan,
     }
 
 
@@ -190,6 +195,8 @@ def format_table(evaluation: Evaluation) -> str:
         f"  {'precision':<30}{cls['precision']:6.3f}   at threshold {cls['threshold']:g}",
         f"  {'recall':<30}{cls['recall']:6.3f}",
         f"  {'F1':<30}{cls['f1']:6.3f}",
+        f"  {'recall at precision >= ' + format(cls['min_precision'], 'g'):<30}"
+        f"{cls['recall_at_precision']:6.3f}   best over all thresholds",
     ]
     return "\n".join(lines)
 

@@ -14,7 +14,7 @@ import logging
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,11 @@ METRICS_LOSS_NDX = 2
 METRICS_SIZE = 3
 
 NAN = float("nan")
+
+# The operating point the project's quality goal names: how many nodules are found while at
+# least 30% of what is called a nodule really is one.
+GOAL_PRECISION = 0.3
+RECALL_AT_GOAL_KEY = f"pr/recall_at_p{GOAL_PRECISION:g}"
 
 
 def _mean(values: np.ndarray) -> float:
@@ -52,6 +57,26 @@ def _ranking_metrics(is_pos: np.ndarray, preds: np.ndarray) -> tuple[float, floa
     return float(roc_auc_score(is_pos, preds)), float(average_precision_score(is_pos, preds))
 
 
+def recall_at_precision(is_pos: np.ndarray, preds: np.ndarray, min_precision: float = GOAL_PRECISION) -> float:
+    """The best recall over all thresholds whose precision is at least ``min_precision``.
+
+    Args:
+        is_pos: (N,) bool labels.
+        preds: (N,) scores; higher means "more likely a nodule".
+        min_precision: the precision the threshold must keep.
+
+    Returns:
+        The recall in [0, 1] (0.0 when no threshold keeps that precision); nan without
+        positives or with non-finite scores.
+    """
+    is_pos = np.asarray(is_pos, dtype=bool)
+    if not is_pos.any() or not np.isfinite(preds).all():
+        return NAN
+    precision, recall, _ = precision_recall_curve(is_pos, preds)
+    keep = precision >= min_precision
+    return float(recall[keep].max()) if keep.any() else 0.0
+
+
 def compute_epoch_metrics(metrics_t: torch.Tensor, threshold: float = 0.5) -> dict[str, float]:
     """Summarise one epoch of per-sample records.
 
@@ -67,7 +92,8 @@ def compute_epoch_metrics(metrics_t: torch.Tensor, threshold: float = 0.5) -> di
         A dict of plain floats: ``loss/all``, ``loss/neg``, ``loss/pos`` (mean loss; nan for an
         empty class), ``correct/all``, ``correct/neg``, ``correct/pos`` (percent; nan for an
         empty class), ``pr/precision``, ``pr/recall``, ``pr/f1_score`` (0.0 where undefined),
-        ``auc/roc``, ``auc/pr`` (nan unless both classes are present), and the integer counts
+        ``auc/roc``, ``auc/pr`` (nan unless both classes are present), ``pr/recall_at_p0.3``
+        (see :func:`recall_at_precision`), and the integer counts
         ``neg_count``, ``pos_count``, ``neg_correct``, ``pos_correct``.
     """
     if metrics_t.dim() != 2 or metrics_t.shape[0] != METRICS_SIZE:
@@ -110,6 +136,7 @@ def compute_epoch_metrics(metrics_t: torch.Tensor, threshold: float = 0.5) -> di
         "pr/f1_score": f1_score,
         "auc/roc": auc_roc,
         "auc/pr": auc_pr,
+        RECALL_AT_GOAL_KEY: recall_at_precision(pos_label, preds) if pos_label.any() and neg_label.any() else NAN,
     }
 
 

@@ -57,13 +57,15 @@ class LunaModel(nn.Module):
         conv_channels: channels of the first block; each later block doubles them.
         crop_shape_irc: input crop size (I, R, C); only sizes the head (the reference hard-codes
             the 1,152 features that the default 32x48x48 crop leaves). Each axis must be >= 16.
-        batch_norm: the "luna_bn" variant, see :class:`LunaBlock`; off in the reference.
+        batch_norm_from: the "luna_bn" variant: blocks from this one on (1-based) get a
+            BatchNorm after each convolution, see :class:`LunaBlock`; None (the reference) for
+            none.
     """
 
     name = "luna"
 
     def __init__(self, in_channels: int = 1, conv_channels: int = 8,
-                 crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC, batch_norm: bool = False) -> None:
+                 crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC, batch_norm_from: int | None = None) -> None:
         super().__init__()
         crop_shape_irc = tuple(int(s) for s in crop_shape_irc)
         if len(crop_shape_irc) != 3 or min(crop_shape_irc) < 2 ** _NUM_BLOCKS:
@@ -78,10 +80,15 @@ class LunaModel(nn.Module):
         # The network sees raw HU (-1000..1000): this norm rescales it to something convs like.
         self.tail_batchnorm = nn.BatchNorm3d(in_channels)
         channels = [in_channels] + [conv_channels * 2 ** k for k in range(_NUM_BLOCKS)]
-        self.block1 = LunaBlock(channels[0], channels[1], batch_norm)
-        self.block2 = LunaBlock(channels[1], channels[2], batch_norm)
-        self.block3 = LunaBlock(channels[2], channels[3], batch_norm)
-        self.block4 = LunaBlock(channels[3], channels[4], batch_norm)
+        if batch_norm_from is not None:
+            if not 1 <= batch_norm_from <= _NUM_BLOCKS:
+                raise ValueError(f"batch_norm_from must be a block number 1..{_NUM_BLOCKS}, got {batch_norm_from}")
+            self._config["batch_norm_from"] = int(batch_norm_from)
+        norm = [batch_norm_from is not None and k >= batch_norm_from for k in range(1, _NUM_BLOCKS + 1)]
+        self.block1 = LunaBlock(channels[0], channels[1], norm[0])
+        self.block2 = LunaBlock(channels[1], channels[2], norm[1])
+        self.block3 = LunaBlock(channels[2], channels[3], norm[2])
+        self.block4 = LunaBlock(channels[3], channels[4], norm[3])
 
         # MaxPool3d floors odd sizes, so floor-divide once per block.
         out_shape = [s // 2 ** _NUM_BLOCKS for s in crop_shape_irc]
@@ -131,13 +138,19 @@ class LunaModel(nn.Module):
 
 
 class LunaBnModel(LunaModel):
-    """LunaModel with a BatchNorm3d after every convolution (a candidate to compare, not default)."""
+    """LunaModel with a BatchNorm3d after each convolution of blocks 2-4 (luna's default).
+
+    Block 1 keeps the reference's plain convolutions: the input is already normalised by the
+    tail BatchNorm, and batch norm over its 8 full-resolution channels costs more than the
+    rest of the network (on a 2-core CPU in bf16 + channels-last, training runs at ~71
+    samples/s with it there and ~125 without; ``benchmarks/bench_model.py``).
+    """
 
     name = "luna_bn"
 
     def __init__(self, in_channels: int = 1, conv_channels: int = 8,
-                 crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC) -> None:
-        super().__init__(in_channels, conv_channels, crop_shape_irc, batch_norm=True)
+                 crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC, batch_norm_from: int = 2) -> None:
+        super().__init__(in_channels, conv_channels, crop_shape_irc, batch_norm_from=batch_norm_from)
         # The reference's fan_out init of the head assumes small, un-normalised features; after
         # batch norm the 1,152 features have unit scale and it would start with logits of
         # standard deviation ~30 (losses near 10). Start the head small instead.

@@ -253,7 +253,8 @@ def _headline(run: RunRecord, evaluation: Evaluation | None, threshold: float) -
             _card("ROC AUC", _fmt(cls["roc_auc"]),
                   f"{cls['n_candidates']:,} candidates, {cls['n_positive']:,} hit a nodule"),
             _card(f"recall / precision at {threshold:g}", f"{_fmt(cls['recall'])} / {_fmt(cls['precision'])}",
-                  f"F1 {_fmt(cls['f1'])}"),
+                  f"F1 {_fmt(cls['f1'])}; best recall at precision >= {cls['min_precision']:g}: "
+                  f"{_fmt(cls['recall_at_precision'])}"),
         ]
     elif last:
         # No predictions to score: the last epoch's own figures, without an interval.

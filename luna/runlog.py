@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from luna.metrics import METRICS_LABEL_NDX, METRICS_PRED_NDX
+from luna.metrics import METRICS_LABEL_NDX, METRICS_PRED_NDX, RECALL_AT_GOAL_KEY
 
 log = logging.getLogger(__name__)
 
 SUMMARY_NAME = "summary.csv"
 # Scalars written per mode; the reference's six come first.
 SCALAR_TAGS = ("loss/all", "loss/neg", "loss/pos", "correct/all", "correct/neg", "correct/pos",
-               "pr/precision", "pr/recall", "pr/f1_score", "auc/roc", "auc/pr", "froc/cpm")
+               "pr/precision", "pr/recall", "pr/f1_score", "auc/roc", "auc/pr", RECALL_AT_GOAL_KEY, "froc/cpm")
 
 
 class RunLogger:

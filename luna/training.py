@@ -28,12 +28,13 @@ from luna.cache import fill_cache
 from luna.checkpoint import (CheckpointSaver, load_checkpoint, load_model_state, make_checkpoint,
                              restore_rng_state)
 from luna.dataset import LunaDataset
-from luna.distributed import (DistContext, barrier, cleanup_distributed, first_occurrence_mask,
+from luna.distributed import (barrier, cleanup_distributed, first_occurrence_mask,
                               gather_per_sample, init_distributed, seed_everything)
 from luna.engine import StepConfig, evaluate, train_one_epoch
 from luna.errors import DataError, LunaError, UsageError
-from luna.metrics import METRICS_LOSS_NDX, compute_epoch_metrics, format_epoch_lines
-from luna.model import MODELS, build_model, count_parameters, prepare_model
+from luna.metrics import (GOAL_PRECISION, METRICS_LOSS_NDX, RECALL_AT_GOAL_KEY, compute_epoch_metrics,
+                          format_epoch_lines)
+from luna.model import build_model, count_parameters, prepare_model
 from luna.recipe import (HardNegativeMiner, add_recipe_args, augment_config, build_optimizer, build_scheduler,
                          resolve_performance)
 from luna.runlog import RunLogger
@@ -217,8 +218,10 @@ class LunaTrainingApp:
                 for line in format_epoch_lines(epoch, mode, metrics):
                     log.info(line)
             if "froc/cpm" in val_metrics:
-                log.info("E%d val      %.4f CPM (sensitivity at 1/8..8 FP/scan: %s)", epoch, val_metrics["froc/cpm"],
-                         " ".join(f"{val_metrics[f'froc/sens@{r:g}']:.2f}" for r in scorer.fp_rates))
+                log.info("E%d val      %.4f CPM (sensitivity at 1/8..8 FP/scan: %s), recall %.4f at precision >= %g",
+                         epoch, val_metrics["froc/cpm"],
+                         " ".join(f"{val_metrics[f'froc/sens@{r:g}']:.2f}" for r in scorer.fp_rates),
+                         val_metrics[RECALL_AT_GOAL_KEY], GOAL_PRECISION)
             scorer.write(run_dir / "val_predictions.csv", val_t, val_ndx)
             runlog.log_epoch("trn", trn_metrics, trn_t, samples_seen)
             runlog.log_epoch("val", val_metrics, val_t, samples_seen)

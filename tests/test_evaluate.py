@@ -81,6 +81,7 @@ def test_app_writes_metrics_json_and_figures_matching_compute_froc(study, tmp_pa
     table = capsys.readouterr().out
     assert f"{expected.cpm:6.3f}  [{expected.ci.cpm[0]:.3f}, {expected.ci.cpm[1]:.3f}]" in table
     assert "sensitivity at 0.125 FP/scan" in table and "ROC AUC" in table
+    assert f"recall at precision >= 0.3    {cls['recall_at_precision']:6.3f}   best" in table
 
 
 def test_default_out_dir_is_next_to_the_predictions(study):
@@ -111,6 +112,9 @@ def test_classification_metrics_by_hand():
     assert metrics["roc_auc"] == 0.75  # 3 of the 4 (nodule, other) pairs ranked right
     assert metrics["precision"] == metrics["recall"] == metrics["f1"] == 0.5
     assert (metrics["true_positives"], metrics["false_positives"], metrics["false_negatives"]) == (1, 1, 1)
+    # Ranked 0.9 (nodule), 0.6, 0.4 (nodule): the top one alone keeps precision 1.0 at recall
+    # 0.5; taking three gives recall 1.0 at precision 2/3, which still clears 0.3.
+    assert metrics["min_precision"] == 0.3 and metrics["recall_at_precision"] == 1.0
     one_class = classification_metrics(np.array([False, False]), np.array([0.2, 0.7]))
     assert math.isnan(one_class["roc_auc"]) and one_class["precision"] == 0.0
 

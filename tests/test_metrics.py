@@ -5,11 +5,12 @@ import json
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
 from luna.metrics import (METRICS_LABEL_NDX, METRICS_LOSS_NDX, METRICS_PRED_NDX, METRICS_SIZE,
-                          compute_epoch_metrics, format_epoch_lines)
+                          compute_epoch_metrics, format_epoch_lines, recall_at_precision)
 
 
 def make_metrics(labels, preds, losses) -> torch.Tensor:
@@ -73,7 +74,7 @@ def test_plain_json_numbers(metrics):
     assert set(metrics) == {
         "loss/all", "loss/neg", "loss/pos", "correct/all", "correct/neg", "correct/pos",
         "neg_count", "pos_count", "neg_correct", "pos_correct",
-        "pr/precision", "pr/recall", "pr/f1_score", "auc/roc", "auc/pr"}
+        "pr/precision", "pr/recall", "pr/f1_score", "auc/roc", "auc/pr", "pr/recall_at_p0.3"}
 
 
 def test_only_negatives_no_predicted_positives_no_warnings():
@@ -137,3 +138,15 @@ def test_format_lines_with_empty_class():
     assert lines[0] == ("E1 trn      1.0000 loss,  50.0% correct, 0.0000 precision, 0.0000 recall, "
                         "0.0000 f1 score, nan auc")
     assert lines[2] == "E1 trn_pos  nan loss,   nan% correct (0 of 0)"
+
+
+def test_recall_at_precision_by_hand():
+    # Ranked: pos, neg, pos, neg, neg. Top 1: P 1, R 1/2; top 2: P 1/2, R 1/2; top 3: P 2/3, R 1.
+    is_pos = np.array([1, 0, 1, 0, 0], dtype=bool)
+    preds = np.array([0.9, 0.8, 0.7, 0.6, 0.1])
+    assert recall_at_precision(is_pos, preds, 0.3) == 1.0
+    assert recall_at_precision(is_pos, preds, 0.7) == 0.5
+    assert recall_at_precision(is_pos, -preds, 0.9) == 0.0  # every positive ranked last
+    assert math.isnan(recall_at_precision(np.zeros(3, bool), np.arange(3.0)))
+    metrics = compute_epoch_metrics(torch.tensor(np.stack([is_pos, preds, preds]), dtype=torch.float32))
+    assert metrics["pr/recall_at_p0.3"] == 1.0

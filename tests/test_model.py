@@ -96,14 +96,19 @@ def test_other_sizes_and_variant():
     assert small.head_linear.in_features == 32 * 1 * 2 * 2
     assert small(torch.zeros(2, 1, 16, 32, 32))[0].shape == (2, 2)
     variant = build_model({"name": "luna_bn"})
-    assert variant.config["name"] == "luna_bn"
-    assert sum(isinstance(m, nn.BatchNorm3d) for m in variant.modules()) == 1 + 8
-    assert variant.block1.conv1.bias is None
+    assert variant.config["name"] == "luna_bn" and variant.config["batch_norm_from"] == 2
+    # The tail norm, then two per block from block 2 on; block 1 keeps the reference's convs.
+    assert sum(isinstance(m, nn.BatchNorm3d) for m in variant.modules()) == 1 + 6
+    assert variant.block1.conv1.bias is not None and variant.block2.conv1.bias is None
+    everywhere = build_model({"name": "luna_bn", "batch_norm_from": 1})
+    assert sum(isinstance(m, nn.BatchNorm3d) for m in everywhere.modules()) == 1 + 8
+    build_model(variant.config).load_state_dict(variant.state_dict())
     assert set(MODELS) >= {"luna", "luna_bn"}
 
 
 @pytest.mark.parametrize("config", [{"name": "resnet"}, {"name": "luna", "depth": 3},
-                                    {"name": "luna", "crop_shape_irc": [8, 48, 48]}])
+                                    {"name": "luna", "crop_shape_irc": [8, 48, 48]},
+                                    {"name": "luna_bn", "batch_norm_from": 5}])
 def test_build_model_rejects_bad_config(config):
     with pytest.raises(DataError):
         build_model(config)

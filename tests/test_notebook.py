@@ -1,6 +1,5 @@
 """The example notebook runs top to bottom (code cells executed in order, tiny sizes)."""
 import json
-import os
 from pathlib import Path
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"

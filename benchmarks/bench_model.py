@@ -1,0 +1,136 @@
+"""Model compute alone: training steps and inference per second, architecture by architecture.
+
+The network is where a CPU training run spends its time (the loader delivers hundreds of times
+more, see bench_cache.py), so its speed decides how many samples fit in a time budget. Side by
+side in one run, on the same random HU batches, batch 32, one 32x48x48 crop per sample:
+
+- the reference: LunaModel in float32, default memory format;
+- LunaModel with the speed settings luna picks on a CPU (bf16 autocast, channels_last_3d);
+- luna_bn with a BatchNorm after every convolution (``batch_norm_from=1``);
+- luna_bn as shipped (BatchNorm from block 2 on; block 1 keeps the reference's convolutions).
+
+A training step is forward, float32 cross-entropy, backward and an AdamW step; inference is a
+forward pass under ``no_grad`` in eval mode. Rounds are taken in turn across the cases, so that
+bursts of other load on a shared machine hit them alike, and each case keeps its best round.
+
+    .venv/bin/python benchmarks/bench_model.py            # ~2 min, writes results/bench_model.txt
+    .venv/bin/python benchmarks/bench_model.py --quick    # ~20 s smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from bench_report import Report, load_average  # noqa: E402
+from luna.engine import StepConfig  # noqa: E402
+from luna.model import build_model, count_parameters, prepare_model  # noqa: E402
+
+BATCH_SIZE = 32
+
+
+@dataclass
+class Case:
+    label: str
+    model_config: dict
+    precision: str
+    channels_last: bool
+
+
+CASES = [
+    Case("luna, fp32, default memory (reference)", {"name": "luna"}, "fp32", False),
+    Case("luna, bf16 + channels-last", {"name": "luna"}, "bf16", True),
+    Case("luna_bn, norm in every block", {"name": "luna_bn", "batch_norm_from": 1}, "bf16", True),
+    Case("luna_bn, norm from block 2 (default)", {"name": "luna_bn"}, "bf16", True),
+]
+
+
+class Runner:
+    """One case's model, optimiser and batch, ready to time."""
+
+    def __init__(self, case: Case, batch: torch.Tensor, labels: torch.Tensor) -> None:
+        self.cfg = StepConfig(torch.device("cpu"), case.precision, case.channels_last, None)
+        torch.manual_seed(0)
+        model = build_model(case.model_config)
+        self.parameters = count_parameters(model)
+        self.model = prepare_model(model, self.cfg.device, case.channels_last)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.batch = self.cfg.to_device(batch)
+        self.labels = labels
+
+    def train_steps(self, steps: int) -> float:
+        """Seconds for ``steps`` training steps."""
+        self.model.train()
+        started = time.perf_counter()
+        for _ in range(steps):
+            with self.cfg.autocast():
+                logits, _ = self.model(self.batch)
+            loss = F.cross_entropy(logits.float(), self.labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        return time.perf_counter() - started
+
+    def eval_steps(self, steps: int) -> float:
+        """Seconds for ``steps`` inference batches."""
+        self.model.eval()
+        started = time.perf_counter()
+        with torch.no_grad():
+            for _ in range(steps):
+                with self.cfg.autocast():
+                    self.model(self.batch)
+        return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one short round (a smoke run)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds across all cases (default 3, quick 1)")
+    parser.add_argument("--steps", type=int, default=None, help="timed batches per case and round (default 8, quick 2)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default benchmarks/results/bench_model[_quick].txt)")
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (1 if args.quick else 3)
+    steps = args.steps or (2 if args.quick else 8)
+    report = Report("bench_model_quick" if args.quick else "bench_model", args.out)
+
+    generator = torch.Generator().manual_seed(0)
+    # HU-like values: lung (-850) with noise and some soft tissue, clipped as the cache clips.
+    batch = (torch.randn(BATCH_SIZE, 1, 32, 48, 48, generator=generator) * 400 - 500).clamp(-1000, 1000)
+    labels = torch.randint(0, 2, (BATCH_SIZE,), generator=generator)
+    runners = [Runner(case, batch, labels) for case in CASES]
+    for runner in runners:  # warm-up: first calls pick kernels and allocate
+        runner.train_steps(1)
+        runner.eval_steps(1)
+
+    best_train = [float("inf")] * len(CASES)
+    best_eval = [float("inf")] * len(CASES)
+    for _ in range(rounds):
+        for k, runner in enumerate(runners):
+            best_train[k] = min(best_train[k], runner.train_steps(steps))
+            best_eval[k] = min(best_eval[k], runner.eval_steps(steps))
+
+    samples = steps * BATCH_SIZE
+    train_rate = [samples / s for s in best_train]
+    eval_rate = [samples / s for s in best_eval]
+    report.say(f"\nbatch {BATCH_SIZE}, best of {rounds} rounds x {steps} batches per case; "
+               f"load average at end: {load_average()}")
+    report.say(f"{'case':<40} {'params':>8} {'train/s':>8} {'x ref':>6} {'infer/s':>8} {'x ref':>6}")
+    for case, runner, train, infer in zip(CASES, runners, train_rate, eval_rate):
+        report.say(f"{case.label:<40} {runner.parameters:>8,} {train:>8.1f} {train / train_rate[0]:>6.2f} "
+                   f"{infer:>8.1f} {infer / eval_rate[0]:>6.2f}")
+    every, default = train_rate[2], train_rate[3]
+    report.say(f"\nluna_bn training, norm from block 2 vs in every block: {default / every:.2f}x")
+    report.write()
+
+
+if __name__ == "__main__":
+    main()
