@@ -141,9 +141,9 @@ class LunaBnModel(LunaModel):
     """LunaModel with a BatchNorm3d after each convolution of blocks 2-4 (luna's default).
 
     Block 1 keeps the reference's plain convolutions: the input is already normalised by the
-    tail BatchNorm, and batch norm over its 8 full-resolution channels costs more than the
-    rest of the network (on a 2-core CPU in bf16 + channels-last, training runs at ~71
-    samples/s with it there and ~125 without; ``benchmarks/bench_model.py``).
+    tail BatchNorm, and batch norm over its 8 full-resolution channels costs about as much as
+    the rest of the network (on a 2-core CPU in bf16 + channels-last, training runs at 72
+    samples/s with it there and 119 without; ``benchmarks/bench_model.py``).
     """
 
     name = "luna_bn"

@@ -71,9 +71,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                      help="one TensorBoard run with trn/ and val/ in the tag names, instead of two runs")
     run.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                      help="continue the run in RUN_DIR from its last.pt")
-    run.add_argument("--best-metric", default="pr/f1_score",
-                     choices=("pr/f1_score", "auc/roc", "auc/pr", "froc/cpm", "loss/all"),
-                     help="validation metric that picks best.pt (loss/all: lower is better)")
+    run.add_argument("--best-metric", default="froc/cpm",
+                     choices=("froc/cpm", "auc/roc", "auc/pr", "pr/f1_score", "loss/all"),
+                     help="validation metric that picks best.pt: froc/cpm is LUNA16's score; F1 depends on "
+                          "--threshold, which balanced sampling shifts (loss/all: lower is better)")
     run.add_argument("--seed", type=int, default=0, help="seed of sampling, augmentation and initialisation")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     run.add_argument("comment", nargs="?", default="luna", help="comment suffix for the run names")
