@@ -2,6 +2,8 @@
 purge on resume, and the per-epoch summary CSV."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -60,6 +62,9 @@ def test_purge_step_hides_points_written_after_the_checkpoint(tmp_path):
     for step in (100, 200, 300):  # the run was killed after 300 but checkpointed at 200
         _log(first, step, seed=step)
     first.close()
+    # Event files are named <seconds>.<host>.<pid>.<counter> and read in name order; a real
+    # resume starts seconds later in a new process, so its file sorts after the old one.
+    time.sleep(1.1)
     resumed = RunLogger(tmp_path / "tb", "run", "c", tmp_path / "run", purge_step=201)
     _log(resumed, 300, seed=7)
     resumed.close()
