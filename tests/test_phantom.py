@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -217,3 +219,27 @@ def test_bad_arguments_raise_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="nodules per scan"):
         make_dataset(tmp_path / "a", size="tiny", nodules_per_scan=(3, 1))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_errors_by_kind_script_reads_a_results_file(tiny, tmp_path):
+    # scripts/errors_by_kind.py regenerates the scans: a results file that scores every
+    # candidate by its label must find every nodule and separate every negative kind.
+    preds = tmp_path / "preds.csv"
+    with open(preds, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["seriesuid", "coordX", "coordY", "coordZ", "probability"])
+        for uid, xyz, label in tiny["candidates"]:
+            writer.writerow([uid, *xyz, 0.9 if label else 0.1])
+    script = Path(__file__).resolve().parents[1] / "scripts" / "errors_by_kind.py"
+    done = subprocess.run([sys.executable, str(script), str(preds), "--series", "5", "--seed", "3",
+                           "--size", "tiny"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "overall ROC AUC 1.000" in lines[0]
+    nodule_lines = [line for line in lines if line.startswith("nodule")]
+    other_lines = [line for line in lines[2:] if not line.startswith("nodule")]
+    assert nodule_lines and all("1.00 found" in line for line in nodule_lines)
+    assert other_lines and all(line.endswith("AUC 1.000") for line in other_lines)
+    wrong_seed = subprocess.run([sys.executable, str(script), str(preds), "--seed", "4", "--size", "tiny",
+                                 "--series", "5"], capture_output=True, text=True, timeout=120)
+    assert wrong_seed.returncode == 1 and "not in the data set" in wrong_seed.stderr
