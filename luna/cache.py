@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import os
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from luna.atomic import atomic_open
 from luna.candidates import check_series_uid
 from luna.config import CropConfig
 from luna.ct import Ct
@@ -55,19 +55,6 @@ def source_stamp(mhd_path: Path) -> dict:
             st = path.stat()
             stamp[path.name] = [st.st_size, st.st_mtime_ns]
     return stamp
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class CropCache:
@@ -120,13 +107,15 @@ class CropCache:
         self.root.mkdir(parents=True, exist_ok=True)
         # Drop the old marker first: between the two writes no reader may pair it with new crops.
         json_path.unlink(missing_ok=True)
-        _atomic_write(npy_path, lambda f: np.save(f, crops, allow_pickle=False))
+        with atomic_open(npy_path, durable=True) as handle:
+            np.save(handle, crops, allow_pickle=False)
         meta = {"series_uid": series_uid, "count": len(centers_xyz),
                 "crop": self.crop.as_dict() | {"shape_irc": list(self.crop.shape_irc)},
                 "source": source_stamp(mhd_path), "npy_bytes": npy_path.stat().st_size,
                 "origin_xyz": list(ct.origin_xyz), "spacing_xyz": list(ct.spacing_xyz),
                 "direction": ct.direction.ravel().tolist(), "centers_irc": centers_irc}
-        _atomic_write(json_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        with atomic_open(json_path, durable=True) as handle:
+            handle.write(json.dumps(meta, indent=1).encode())
         self._open.pop(f"{series_uid}.{digest}", None)
         return crops
 

@@ -37,17 +37,17 @@ import enum
 import importlib.metadata
 import logging
 import math
-import os
 import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from luna.atomic import atomic_open
 from luna.errors import DataError, UsageError
 
 log = logging.getLogger(__name__)
@@ -168,42 +168,6 @@ def make_checkpoint(**fields: Any) -> dict[str, Any]:
 
 # --- atomic writes ---------------------------------------------------------------------------
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through ``write(file)`` to a temp file next to ``path``, then rename it over ``path``.
-
-    The rename is atomic on POSIX and Windows file systems, so readers see either the old file
-    or the complete new one. The temp file lives in the same directory because a rename across
-    file systems is a copy, which is not atomic.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())  # data on disk before the rename makes it visible
-        os.replace(tmp, path)
-    except BaseException:
-        # KeyboardInterrupt too: never leave a half-written temp file behind.
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable; some platforms cannot open a directory, which is fine."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Save ``state`` to ``path`` atomically; the previous file survives any failure.
 
@@ -211,13 +175,14 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         path: destination file; its directory must exist.
         state: a checkpoint dict (see :func:`make_checkpoint`).
     """
-    _atomic_write(Path(path), lambda handle: torch.save(state, handle))
+    with atomic_open(path, durable=True) as handle:
+        torch.save(state, handle)
     log.debug("Saved checkpoint %s", path)
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    with open(src, "rb") as source:
-        _atomic_write(dst, lambda handle: shutil.copyfileobj(source, handle))
+    with open(src, "rb") as source, atomic_open(dst, durable=True) as handle:
+        shutil.copyfileobj(source, handle)
 
 
 # --- loading ---------------------------------------------------------------------------------

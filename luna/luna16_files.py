@@ -8,13 +8,13 @@ naming the file and line. Scoring them is :mod:`luna.froc`'s job.
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from luna.atomic import atomic_open
 from luna.errors import DataError
 
 PREDICTION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
@@ -114,16 +114,11 @@ def write_predictions(path: str | Path, series_uids: Sequence[str], centers_xyz:
         ``path``.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(PREDICTION_COLUMNS)
-            for uid, (x, y, z), p in zip(series_uids, np.asarray(centers_xyz), np.asarray(probabilities)):
-                writer.writerow([uid, f"{x:.6f}", f"{y:.6f}", f"{z:.6f}", f"{p:.6g}"])
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(PREDICTION_COLUMNS)
+        for uid, (x, y, z), p in zip(series_uids, np.asarray(centers_xyz), np.asarray(probabilities)):
+            writer.writerow([uid, f"{x:.6f}", f"{y:.6f}", f"{z:.6f}", f"{p:.6g}"])
     return path
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from torch import nn
 
 from luna.app import HelpFormatter, add_common_args, positive_int, run_app
+from luna.atomic import atomic_open
 from luna.candidates import (CandidateInfo, find_annotations_csv, find_series_files, get_candidate_info_list,
                              split_candidates)
 from luna.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, load_model_state
@@ -166,21 +167,15 @@ def write_results(path: Path, scored: Iterable[tuple[ScanJob, np.ndarray]]) -> i
     Returns:
         The number of rows written.
     """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     rows = 0
-    try:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(RESULT_COLUMNS)
-            for job, probabilities in scored:
-                # repr gives back the candidate's coordinates exactly as the CSV had them.
-                writer.writerows([job.series_uid, repr(float(x)), repr(float(y)), repr(float(z)), f"{p:.6g}"]
-                                 for (x, y, z), p in zip(job.centers_xyz, probabilities.tolist()))
-                rows += len(probabilities)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(RESULT_COLUMNS)
+        for job, probabilities in scored:
+            # repr gives back the candidate's coordinates exactly as the CSV had them.
+            writer.writerows([job.series_uid, repr(float(x)), repr(float(y)), repr(float(z)), f"{p:.6g}"]
+                             for (x, y, z), p in zip(job.centers_xyz, probabilities.tolist()))
+            rows += len(probabilities)
     return rows
 
 

@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from matplotlib.figure import Figure
 
 from luna import plots
 from luna.app import HelpFormatter, add_common_args, non_negative_int, run_app
+from luna.atomic import write_text_atomic
 from luna.candidates import ANNOTATION_FILE_NAMES, EXCLUDED_FILE_NAMES, find_csv
 from luna.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
 from luna.errors import DataError
@@ -358,18 +358,6 @@ def render_report(run: RunRecord, evaluation: Evaluation | None, threshold: floa
     return "\n".join(part for part in parts if part) + "\n"
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file and a rename: readers never see half a page."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="luna report", description="Write one self-contained HTML page (embedded figures, no JavaScript) "
@@ -406,6 +394,7 @@ class LunaReportApp:
         evaluation = score_predictions(run, args.annotations, args.excluded, args.bootstraps, threshold)
         for note in run.notes:
             log.warning("%s", note)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         path = write_text_atomic(args.out, render_report(run, evaluation, threshold))
         log.info("Wrote report %s", path)
         return path

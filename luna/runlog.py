@@ -14,12 +14,12 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from luna.atomic import write_text_atomic
 from luna.metrics import METRICS_LABEL_NDX, METRICS_PRED_NDX, RECALL_AT_GOAL_KEY
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,4 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
     writer.writeheader()
     writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
+    write_text_atomic(path, buffer.getvalue())
