@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from luna.froc import FP_RATES, FrocResult
@@ -235,6 +236,7 @@ def training_curves_figure(rows: Sequence[Mapping],
             best = f" — best val {values[pick]:.3f} (epoch {epochs[pick]:g})"
         ax.set_title(title + best, fontsize=10)
         ax.set_xlabel("Epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
         if title.lower().startswith("loss") and all(v > 0 for _, vs in lines.values() for v in vs):
