@@ -8,8 +8,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from luna.training import LunaTrainingApp
+from luna.model import build_model
 from luna.runlog import SCALAR_TAGS
+from luna.training import LunaTrainingApp
 from tests.conftest import make_tiny_luna
 
 
@@ -120,3 +121,14 @@ def test_resume_continues_exactly_and_keeps_the_step_axis(data, tmp_path):
         assert [r[key] for r in rows] == [r[key] for r in expected], key
     trn_dir = next((resumed / "runs" / "luna").glob("*-trn_cls-luna"))
     assert [step for step, _ in _scalars(trn_dir, "loss/all")] == [24, 48, 72]
+
+
+def test_compiled_run_saves_plain_checkpoints(data, tmp_path):
+    # torch.compile (inductor, needs a C++ compiler) in a process of its own; the checkpoint must
+    # hold the unwrapped model's names so that an uncompiled model loads it strictly.
+    cmd = [sys.executable, "-m", "luna.training", *_argv(data, tmp_path, "--epochs", "1", "--compile")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = torch.load(_run_dir(tmp_path) / "last.pt", weights_only=True)
+    assert not any(name.startswith(("_orig_mod.", "module.")) for name in ckpt["model_state"])
+    build_model(ckpt["model_config"]).load_state_dict(ckpt["model_state"])  # strict
