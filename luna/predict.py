@@ -2,8 +2,9 @@
 
 The output (``seriesuid,coordX,coordY,coordZ,probability``) is what ``luna evaluate`` and the
 official LUNA16 scripts read. Scans are read directly, one at a time, so they need not be in
-the crop cache and nothing but the results file is written. ``--split val`` (the default)
-scores exactly the scans that the checkpoint's training run held out for validation.
+the crop cache and nothing but the results file is written. On the training run's own data dir
+the default, ``--split val``, scores exactly the scans that the run held out for validation; on
+any other data dir every scan is new, and every scan is scored.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=("val", "train", "all"), default=None,
                         help="val: the scans the training run held out (same val_stride and split as "
                              "the checkpoint's run); train: the others; all: every scan on disk "
-                             "(default: all with --series, else val)")
+                             "(default: val on the training run's own data dir, else all; all with --series)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results CSV (default: predictions_<split>.csv beside the checkpoint)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="crops per forward pass")
@@ -119,6 +120,23 @@ def read_candidates(data_dir: Path, candidates_csv: Path | None,
     """
     annotations_csv = annotations_csv or find_annotations_csv(data_dir)
     return get_candidate_info_list(data_dir, candidates_csv, annotations_csv), annotations_csv is not None
+
+
+def default_split(data_dir: Path, train_args: dict[str, Any], has_series: bool) -> str:
+    """The split to score when ``--split`` is not given.
+
+    On the data the checkpoint was trained on, only its held-out scans are fair to score
+    ("val"); any other data dir holds new scans, all of them unseen ("all"), as does an explicit
+    ``--series`` list.
+    """
+    if has_series:
+        return "all"
+    trained_on = train_args.get("data_dir")
+    same = trained_on is not None and Path(trained_on).resolve() == Path(data_dir).resolve()
+    if not same:
+        log.info("%s is not the training run's data dir (%s): scoring every scan (--split all)", data_dir,
+                 trained_on or "not recorded")
+    return "val" if same else "all"
 
 
 def select_candidates(candidates: Sequence[CandidateInfo], split: str, val_stride: int, split_mode: str,
@@ -195,7 +213,7 @@ class LunaPredictApp:
         train_args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
 
         data_dir = args.data_dir or Path(train_args.get("data_dir") or os.environ.get("LUNA_DATA_DIR", "data/luna16"))
-        split = args.split or ("all" if args.series else "val")
+        split = args.split or default_split(data_dir, train_args, bool(args.series))
         val_stride = int(train_args.get("val_stride", DEFAULT_VAL_STRIDE))
         split_mode = str(train_args.get("split", DEFAULT_SPLIT_MODE))
         series_paths = find_series_files(data_dir)

@@ -71,10 +71,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                      help="one TensorBoard run with trn/ and val/ in the tag names, instead of two runs")
     run.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                      help="continue the run in RUN_DIR from its last.pt")
-    run.add_argument("--best-metric", default="froc/cpm",
-                     choices=("froc/cpm", "auc/roc", "auc/pr", "pr/f1_score", "loss/all"),
-                     help="validation metric that picks best.pt: froc/cpm is LUNA16's score; F1 depends on "
-                          "--threshold, which balanced sampling shifts (loss/all: lower is better)")
+    run.add_argument("--best-metric", default="auc/roc",
+                     choices=("auc/roc", "froc/cpm", "auc/pr", "pr/f1_score", "loss/all"),
+                     help="validation metric that picks best.pt: ROC AUC ranks every held-out candidate and "
+                          "is the steadiest; froc/cpm is LUNA16's score but rests on a few dozen nodules; "
+                          "F1 depends on --threshold, which balanced sampling shifts (loss/all: lower is better)")
     run.add_argument("--seed", type=int, default=0, help="seed of sampling, augmentation and initialisation")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     run.add_argument("comment", nargs="?", default="luna", help="comment suffix for the run names")
@@ -87,6 +88,9 @@ class LunaTrainingApp:
 
     def __init__(self, argv: Sequence[str] | None = None):
         self.args = get_args_parser().parse_args(argv)
+        # Checkpoints record where the data was: absolute, so that predict can tell "the
+        # training data" from new scans whatever directory it runs in.
+        self.args.data_dir = self.args.data_dir.absolute()
 
     # -- setup --------------------------------------------------------------------------------
     def _datasets(self) -> tuple[LunaDataset, LunaDataset]:

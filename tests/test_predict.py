@@ -125,7 +125,7 @@ def test_works_without_annotations(setup, tmp_path):
     with_ann, without_ann = tmp_path / "a.csv", tmp_path / "b.csv"
     common = ["--checkpoint", str(setup["ckpt"]), "--precision", "fp32"]
     assert predict(*common, "--data-dir", str(setup["data"]["root"]), "--out", str(with_ann)) == 0
-    assert predict(*common, "--data-dir", str(data_dir), "--out", str(without_ann)) == 0
+    assert predict(*common, "--data-dir", str(data_dir), "--split", "val", "--out", str(without_ann)) == 0
     # The scan split does not depend on diameters: same scans, same scores.
     assert sorted(read_results(with_ann)[1]) == sorted(read_results(without_ann)[1])
 
@@ -198,3 +198,14 @@ def test_results_file_reads_back_for_scoring(setup, tmp_path):
     written = sorted((uid, *xyz) for uid, xyz in zip(predictions.series_uids.tolist(),
                                                       predictions.centers_xyz.tolist()))
     assert written == sorted((uid, float(x), float(y), float(z)) for uid, x, y, z, _ in setup["data"]["candidates"])
+
+
+def test_other_data_dir_scores_every_scan_by_default(setup, tmp_path):
+    # A copy is "new data" for the checkpoint: nothing of it was held out, so all of it is scored.
+    data_dir = tmp_path / "new_scans"
+    shutil.copytree(setup["data"]["root"], data_dir)
+    own, new = tmp_path / "own.csv", tmp_path / "new.csv"
+    common = ["--checkpoint", str(setup["ckpt"]), "--precision", "fp32"]
+    assert predict(*common, "--data-dir", str(setup["data"]["root"]), "--out", str(own)) == 0
+    assert predict(*common, "--data-dir", str(data_dir), "--out", str(new)) == 0
+    assert len(read_results(own)[1]) < len(read_results(new)[1]) == len(setup["data"]["candidates"])
