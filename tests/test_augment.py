@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from luna.augment import AugmentConfig, augment_batch, build_theta, draw_params
+import torch.nn.functional as F
+
+from luna.augment import AugmentConfig, augment_batch, build_theta, draw_params, sampling_grid
 from luna.errors import UsageError
 
 OFF = dict(flip=False, offset=0.0, scale=0.0, rotate=False, noise=0.0)
@@ -186,3 +188,12 @@ def test_theta_is_identity_when_everything_is_neutral():
 def test_rejects_non_5d_batch():
     with pytest.raises(ValueError):
         augment_batch(torch.zeros(2, 16, 24, 24), AugmentConfig(), gen(0))
+
+
+@pytest.mark.parametrize("size", [(4, 1, 32, 48, 48), (3, 1, 5, 7, 9)])
+def test_sampling_grid_equals_affine_grid(size):
+    theta = torch.randn(size[0], 3, 4, generator=torch.Generator().manual_seed(1))
+    expected = F.affine_grid(theta, list(size), align_corners=False)
+    got = sampling_grid(theta, size)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-6)
