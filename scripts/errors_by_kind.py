@@ -39,8 +39,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threshold", type=float, default=0.5, help="probability above which a nodule counts as found")
     args = parser.parse_args(argv)
 
-    with open(args.predictions, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        with open(args.predictions, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        sys.exit(f"{args.predictions}: cannot read the results file: {exc.strerror}")
+    if not rows or not {"seriesuid", "coordX", "coordY", "coordZ", "probability"} <= set(rows[0]):
+        sys.exit(f"{args.predictions}: not a LUNA16 results file "
+                 "(header seriesuid,coordX,coordY,coordZ,probability and at least one row)")
     scored_uids = {row["seriesuid"] for row in rows}
 
     # uid -> (centres (K, 3), labels (K,), kinds (K,)) of the generated candidates.

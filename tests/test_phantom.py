@@ -243,3 +243,6 @@ def test_errors_by_kind_script_reads_a_results_file(tiny, tmp_path):
     wrong_seed = subprocess.run([sys.executable, str(script), str(preds), "--seed", "4", "--size", "tiny",
                                  "--series", "5"], capture_output=True, text=True, timeout=120)
     assert wrong_seed.returncode == 1 and "not in the data set" in wrong_seed.stderr
+    for bad in (tmp_path / "missing.csv", tiny["root"] / "annotations.csv"):
+        done = subprocess.run([sys.executable, str(script), str(bad)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1 and str(bad) in done.stderr
