@@ -206,12 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     read_seconds = 0.5 if quick else 2.0
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_cache-"))
     report = Report(f"bench_cache{'_quick' if quick else ''}", args.out)
-    say = report.say
-
-    def progress(what: str) -> None:  # stdout only: where the time goes
-        print(f"  [{time.perf_counter() - started:5.1f} s] {what}", flush=True)
-
-    started = time.perf_counter()
+    say, progress = report.say, report.progress
     try:
         data_dir = work / "data"
         say(f"data: {make_data(data_dir, quick)}")
@@ -317,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         say(f"gzip reference / model: one-process reads {reads['gzip'] / model_rate:,.1f}x, DataLoader best "
             f"{max(loader['gzip']) / model_rate:,.1f}x")
         say(f"\nload average at end: {load_average()}; "
-            f"total {time.perf_counter() - started:.0f} s")
+            f"total {report.elapsed():.0f} s")
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

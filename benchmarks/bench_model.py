@@ -10,7 +10,9 @@ side in one run, on the same random HU batches, batch 32, one 32x48x48 crop per 
 - luna_bn as shipped (BatchNorm from block 2 on; block 1 keeps the reference's convolutions).
 
 A training step is forward, float32 cross-entropy, backward and an AdamW step; inference is a
-forward pass under ``no_grad`` in eval mode. Rounds are taken in turn across the cases, so that
+forward pass under ``no_grad`` in eval mode. Also timed: the default augmentation of one batch
+(``luna.augment.augment_batch``) and its affine sampling grid built two ways, with
+``torch.nn.functional.affine_grid`` and with luna's broadcasting ``sampling_grid``. Rounds are taken in turn across the cases, so that
 bursts of other load on a shared machine hit them alike, and each case keeps its best round.
 
     .venv/bin/python benchmarks/bench_model.py            # ~2 min, writes results/bench_model.txt
@@ -31,6 +33,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench_report import Report, load_average  # noqa: E402
+from luna.augment import AugmentConfig, augment_batch, build_theta, draw_params, sampling_grid  # noqa: E402
 from luna.engine import StepConfig  # noqa: E402
 from luna.model import build_model, count_parameters, prepare_model  # noqa: E402
 
@@ -90,6 +93,17 @@ class Runner:
         return time.perf_counter() - started
 
 
+def best_ms(work, repeats: int) -> float:
+    """The fastest of ``repeats`` calls of ``work()`` (after one warm-up), in milliseconds."""
+    work()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one short round (a smoke run)")
@@ -129,6 +143,18 @@ def main(argv: list[str] | None = None) -> None:
                    f"{infer:>8.1f} {infer / eval_rate[0]:>6.2f}")
     every, default = train_rate[2], train_rate[3]
     report.say(f"\nluna_bn training, norm from block 2 vs in every block: {default / every:.2f}x")
+
+    # Augmentation, as training applies it: on the float32 channels-last batch, default strengths.
+    x = runners[3].batch
+    config = AugmentConfig()
+    theta = build_theta(draw_params(BATCH_SIZE, config, generator), x.shape[2:])
+    aug_ms = best_ms(lambda: augment_batch(x, config, generator), rounds * steps)
+    torch_grid_ms = best_ms(lambda: F.affine_grid(theta, list(x.shape), align_corners=False), rounds * steps)
+    our_grid_ms = best_ms(lambda: sampling_grid(theta, x.shape), rounds * steps)
+    step_ms = BATCH_SIZE / default * 1000
+    report.say(f"augmentation of a batch: {aug_ms:.1f} ms ({aug_ms / step_ms:.0%} of a luna_bn training step of "
+               f"{step_ms:.0f} ms); its sampling grid: F.affine_grid {torch_grid_ms:.1f} ms, "
+               f"luna.augment.sampling_grid {our_grid_ms:.1f} ms ({torch_grid_ms / our_grid_ms:.1f}x)")
     report.write()
 
 

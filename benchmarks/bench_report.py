@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -46,6 +47,7 @@ class Report:
     def __init__(self, name: str, out: Path | None = None) -> None:
         self.path = out or RESULTS_DIR / f"{name}.txt"
         self.lines: list[str] = []
+        self.started = time.perf_counter()
         threads_env = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
         self.say(f"$ {threads_env}{' '.join([Path(sys.executable).name, *sys.argv])}")
         for line in machine_lines():
@@ -55,6 +57,14 @@ class Report:
         """Print a line now and keep it for the results file."""
         print(line, flush=True)
         self.lines.append(line)
+
+    def progress(self, what: str) -> None:
+        """Where the time goes: printed with the seconds since the start, not kept in the results."""
+        print(f"  [{self.elapsed():5.1f} s] {what}", flush=True)
+
+    def elapsed(self) -> float:
+        """Seconds since the report was started."""
+        return time.perf_counter() - self.started
 
     def write(self) -> Path:
         """Write every line said so far; returns the path."""

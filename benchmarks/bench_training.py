@@ -343,12 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     epochs = args.epochs or epochs
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_training-"))
     report = Report(f"bench_training{'_quick' if quick else ''}", args.out)
-    say = report.say
-
-    def progress(what: str) -> None:  # stdout only: where the time goes
-        print(f"  [{time.perf_counter() - started:5.1f} s] {what}", flush=True)
-
-    started = time.perf_counter()
+    say, progress = report.say, report.progress
     try:
         data_dir, ours_dir, ref_dir = work / "data", work / "cache-ours", work / "cache-reference"
         progress("writing the phantom scans")
@@ -420,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
         say(rss_line("ours, reference recipe", ours_trace))
         say(rss_line("ours, default recipe", default_trace))
         say(rss_line("baseline", base_trace))
-        say(f"\n{load_line('at end')}; total {time.perf_counter() - started:.0f} s")
+        say(f"\n{load_line('at end')}; total {report.elapsed():.0f} s")
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
