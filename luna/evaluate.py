@@ -67,7 +67,7 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, thresh
         "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
         "true_positives": tp, "false_positives": fp, "false_negatives": fn, "true_negatives": tn,
         "min_precision": GOAL_PRECISION,
-        "recall_at_precision": recall_at_precision(labels, np.asarray(probabilities)) if labels.any() else math.nan,
+        "recall_at_precision": recall_at_precision(labels, np.asarray(probabilities)),
     }
 
 
