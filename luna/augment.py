@@ -167,11 +167,12 @@ def build_theta(params: AugmentParams, shape_irc: Sequence[int]) -> torch.Tensor
 
 
 def sampling_grid(theta: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """What ``F.affine_grid(theta, size, align_corners=False)`` returns, built ~5x faster on a CPU.
+    """What ``F.affine_grid(theta, size, align_corners=False)`` returns, several times faster on a CPU.
 
     The grid of an affine map is a sum of three outer products (one per axis), so it is
     assembled by broadcasting: one pass over the (N, I, R, C, 3) output instead of a batched
-    matrix product over every voxel (13.6 vs 2.4 ms for 32 crops of 32x48x48 on 2 cores).
+    matrix product over every voxel (20.3 vs 2.3 ms for 32 crops of 32x48x48 on 2 cores,
+    ``benchmarks/bench_model.py``).
 
     Args:
         theta: (N, 3, 4) affine matrices, as for ``affine_grid``.

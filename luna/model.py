@@ -142,8 +142,8 @@ class LunaBnModel(LunaModel):
 
     Block 1 keeps the reference's plain convolutions: the input is already normalised by the
     tail BatchNorm, and batch norm over its 8 full-resolution channels costs about as much as
-    the rest of the network (on a 2-core CPU in bf16 + channels-last, training runs at 72
-    samples/s with it there and 119 without; ``benchmarks/bench_model.py``).
+    the rest of the network (on a 2-core CPU in bf16 + channels-last, training runs at 75
+    samples/s with it there and 122 without; ``benchmarks/bench_model.py``).
     """
 
     name = "luna_bn"
