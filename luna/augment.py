@@ -1,8 +1,8 @@
 """Random, per-sample augmentation of a whole batch on the batch's own device.
 
 Applied to batches after they leave the crop cache (never cached), as in SPEC section 5: random
-flips, offsets of up to ~10% of the crop, scaling of +/-20%, rotation about the head-foot axis and
-Gaussian noise of ~25 HU. The geometric part is one affine transform per sample, resampled with
+flips, offsets (SPEC: up to ~10% of the crop; luna's default 3%, see :class:`AugmentConfig`),
+scaling of +/-20%, rotation about the head-foot axis and Gaussian noise of ~25 HU. The geometric part is one affine transform per sample, resampled with
 an affine grid (:func:`sampling_grid`) + ``grid_sample`` in a single pass, so the batch never
 round-trips to the CPU.
 
@@ -41,7 +41,11 @@ class AugmentConfig:
 
     Args:
         flip: mirror each of the three axes with probability 0.5.
-        offset: largest shift per axis, as a fraction of the crop size on that axis.
+        offset: largest shift per axis, as a fraction of the crop size on that axis. The
+            reference's 0.1 moves a nodule up to ~5 voxels (~7 mm) off the centre, as far as the
+            negative candidates that lie just outside a nodule: a positive shown that way looks
+            exactly like them, and the model learns to score both high. 0.03 (~1.5 voxels)
+            keeps positives inside the hit radius.
         scale: per-axis sampling scale uniform in [1 - scale, 1 + scale]; a factor above 1
             samples a larger region, so the content looks smaller (as in the reference).
         rotate: rotate by a uniform angle in [0, 2 pi) about the head-foot (I) axis.
@@ -49,7 +53,7 @@ class AugmentConfig:
     """
 
     flip: bool = True
-    offset: float = 0.1
+    offset: float = 0.03
     scale: float = 0.2
     rotate: bool = True
     noise: float = 25.0

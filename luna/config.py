@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 # Bump when the bytes a crop holds would change for the same inputs (cropping rule, dtype...).
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 
 # LUNA16 scans store Hounsfield units; air is -1000, bone tops out well under +1000.
 HU_MIN = -1000
@@ -16,6 +16,13 @@ HU_MAX = 1000
 
 # (index, row, column) = (z, y, x) size of one sample, as in the reference.
 CROP_SHAPE_IRC = (32, 48, 48)
+
+# What a crop does where it would leave the volume. "pad": stay centred on the candidate and fill
+# the outside with air, so a sample always shows its own candidate at the centre. "shift": the
+# reference's rule (SPEC section 3), move the crop inside the volume; a candidate a few slices
+# from the end of a scan then gets the crop (and the score) of whatever lies 16 slices in.
+CROP_EDGES = ("pad", "shift")
+CROP_EDGE = "pad"
 
 
 @dataclass(frozen=True)
@@ -26,16 +33,22 @@ class CropConfig:
         shape_irc: crop size in voxels, (index, row, column).
         hu_min: lower clip bound in HU.
         hu_max: upper clip bound in HU.
+        edge: ``"pad"`` or ``"shift"``, see :data:`CROP_EDGE`.
     """
 
     shape_irc: tuple[int, int, int] = CROP_SHAPE_IRC
     hu_min: int = HU_MIN
     hu_max: int = HU_MAX
+    edge: str = CROP_EDGE
+
+    def __post_init__(self) -> None:
+        if self.edge not in CROP_EDGES:
+            raise ValueError(f"crop edge must be one of {', '.join(CROP_EDGES)}, got {self.edge!r}")
 
     def key(self) -> str:
         """A short, human-readable string that names this configuration in the cache layout."""
         i, r, c = self.shape_irc
-        return f"v{CACHE_FORMAT_VERSION}-{i}x{r}x{c}-hu{self.hu_min}_{self.hu_max}"
+        return f"v{CACHE_FORMAT_VERSION}-{i}x{r}x{c}-hu{self.hu_min}_{self.hu_max}-{self.edge}"
 
     def as_dict(self) -> dict:
         return asdict(self)

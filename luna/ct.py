@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from luna.config import HU_MAX, HU_MIN
+from luna.config import CROP_EDGE, HU_MAX, HU_MIN
 from luna.errors import DataError
 from luna.geometry import IrcTuple, XyzTuple, irc2xyz, xyz2irc, xyz2irc_float
 
@@ -84,16 +84,34 @@ def crop_bounds(center: int, width: int, size: int) -> tuple[int, int]:
 
 
 def crop_volume(volume: np.ndarray, center_irc: Sequence[int], shape_irc: Sequence[int],
-                fill_value: int = HU_MIN) -> np.ndarray:
-    """Crop ``shape_irc`` voxels around ``center_irc``; a crop that would leave the volume is
-    shifted inside it (SPEC rule). A volume smaller than the crop is padded with ``fill_value``."""
-    slices = tuple(slice(*crop_bounds(c, w, s)) for c, w, s in zip(center_irc, shape_irc, volume.shape))
-    chunk = volume[slices]
-    if chunk.shape != tuple(shape_irc):
-        padded = np.full(shape_irc, fill_value, dtype=volume.dtype)
-        padded[tuple(slice(0, n) for n in chunk.shape)] = chunk
-        chunk = padded
-    return chunk
+                edge: str = CROP_EDGE, fill_value: int = HU_MIN) -> np.ndarray:
+    """Crop ``shape_irc`` voxels around ``center_irc``.
+
+    Args:
+        volume: (I, R, C) voxels.
+        center_irc: the voxel that lands at index ``shape // 2`` of the crop.
+        shape_irc: crop size.
+        edge: where the crop would leave the volume: ``"pad"`` keeps it centred and fills the
+            outside with ``fill_value``; ``"shift"`` (the reference) moves it inside the volume,
+            padding only a volume smaller than the crop.
+        fill_value: HU of the padding (air).
+
+    Returns:
+        An array of ``shape_irc`` (a view into ``volume`` when nothing had to be padded).
+    """
+    if edge == "shift":
+        src = [crop_bounds(c, w, s) for c, w, s in zip(center_irc, shape_irc, volume.shape)]
+        dst = [(0, end - start) for start, end in src]
+    else:
+        starts = [int(round(c - w / 2)) for c, w in zip(center_irc, shape_irc)]
+        src = [(max(a, 0), min(a + w, s)) for a, w, s in zip(starts, shape_irc, volume.shape)]
+        dst = [(lo - a, hi - a) for (lo, hi), a in zip(src, starts)]
+    chunk = volume[tuple(slice(lo, hi) for lo, hi in src)]
+    if chunk.shape == tuple(shape_irc):
+        return chunk
+    padded = np.full(shape_irc, fill_value, dtype=volume.dtype)
+    padded[tuple(slice(lo, hi) for lo, hi in dst)] = chunk
+    return padded
 
 
 class Ct:
@@ -140,7 +158,9 @@ class Ct:
                             f"file {self.path})")
         return center_irc
 
-    def get_raw_candidate(self, center_xyz: Sequence[float], width_irc: Sequence[int]) -> tuple[np.ndarray, IrcTuple]:
-        """The int16 crop of ``width_irc`` voxels around a world point, and its centre voxel."""
+    def get_raw_candidate(self, center_xyz: Sequence[float], width_irc: Sequence[int],
+                          edge: str = CROP_EDGE) -> tuple[np.ndarray, IrcTuple]:
+        """The int16 crop of ``width_irc`` voxels around a world point (``edge``: see
+        :func:`crop_volume`), and its centre voxel."""
         center_irc = self.center_irc_checked(center_xyz)
-        return crop_volume(self.hu_a, center_irc, width_irc), center_irc
+        return crop_volume(self.hu_a, center_irc, width_irc, edge), center_irc

@@ -235,13 +235,16 @@ class LunaPredictApp:
         model = prepare_model(model, device, perf.channels_last).eval()
         step_cfg = StepConfig(device, perf.precision, perf.channels_last)
         crop_shape_irc = ckpt["model_config"].get("crop_shape_irc", CROP_SHAPE_IRC)
+        # Crop as the model was trained: runs from before --crop-edge existed used the shift rule.
+        crop_edge = str(train_args.get("crop_edge", "shift"))
         log.info("Scoring %d candidates of %d scans (%s split, val_stride=%d, split=%s) with %s epoch %s "
-                 "on %s, %s, channels_last=%s", len(selected), len(jobs), split, val_stride, split_mode,
-                 ckpt_path, ckpt.get("epoch", "?"), device, perf.precision, perf.channels_last)
+                 "on %s, %s, channels_last=%s, crop edge %s", len(selected), len(jobs), split, val_stride,
+                 split_mode, ckpt_path, ckpt.get("epoch", "?"), device, perf.precision, perf.channels_last, crop_edge)
 
         out.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        scored = iter_scan_scores(model, jobs, step_cfg, args.batch_size, crop_shape_irc, args.prefetch)
+        scored = iter_scan_scores(model, jobs, step_cfg, args.batch_size, crop_shape_irc, crop_edge,
+                                  args.prefetch)
         rows = write_results(out, (item for _, item in enumerate_with_estimate(scored, "Scoring", total=len(jobs))))
         seconds = time.perf_counter() - started
         log.info("Scored %d scans, %d candidates in %.1f s (%.1f candidates/s); wrote %s",

@@ -17,7 +17,7 @@ from typing import Sequence
 from luna.app import HelpFormatter, add_common_args, non_negative_int, run_app
 from luna.cache import CropCache, fill_cache
 from luna.candidates import find_series_files, get_candidate_info_list
-from luna.config import CropConfig
+from luna.config import CROP_EDGE, CROP_EDGES, CropConfig
 from luna.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="annotations CSV (default: annotations.csv in the data dir)")
     parser.add_argument("--series", nargs="+", default=None, metavar="UID",
                         help="only these series (default: every scan on disk)")
+    parser.add_argument("--crop-edge", choices=CROP_EDGES, default=CROP_EDGE,
+                        help="crops that would leave the volume: pad (centred, air outside) or shift "
+                             "(the reference); use the value you train with")
     parser.add_argument("--num-workers", type=non_negative_int, default=min(4, os.cpu_count() or 1),
                         help="worker processes, each filling one scan at a time (0 = in this process)")
     return add_common_args(parser)
@@ -61,7 +64,7 @@ class LunaPrepCacheApp:
                 raise DataError(f"--series {unknown[0]}: no such series with candidates under {args.data_dir}")
             centers = {uid: centers[uid] for uid in args.series}
 
-        fill_cache(CropCache(args.cache_dir, CropConfig()), series_paths, centers, args.num_workers)
+        fill_cache(CropCache(args.cache_dir, CropConfig(edge=args.crop_edge)), series_paths, centers, args.num_workers)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
                           default=True, help="augment training batches on the device (never validation)")
     sampling.add_argument("--augment-flip", action=argparse.BooleanOptionalAction, default=True,
                           help="random flips of each axis")
-    sampling.add_argument("--augment-offset", type=float, default=0.1, help="largest shift, fraction of the crop")
+    sampling.add_argument("--augment-offset", type=float, default=AugmentConfig.offset,
+                          help="largest shift, fraction of the crop (the reference: 0.1, which makes positives "
+                               "look like the negatives just beside a nodule)")
     sampling.add_argument("--augment-scale", type=float, default=0.2, help="largest scale change, fraction")
     sampling.add_argument("--augment-rotate", action=argparse.BooleanOptionalAction, default=True,
                           help="random rotation about the head-foot axis")

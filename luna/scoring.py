@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from luna.config import CROP_SHAPE_IRC
+from luna.config import CROP_EDGE, CROP_SHAPE_IRC
 from luna.ct import Ct
 from luna.engine import StepConfig
 
@@ -51,7 +51,8 @@ def crops_to_batch(crops_irc: np.ndarray, step_cfg: StepConfig) -> torch.Tensor:
 
 @torch.inference_mode()
 def score_scan(model: nn.Module, ct: Ct, centers_xyz: Sequence[Sequence[float]], step_cfg: StepConfig,
-               batch_size: int = 64, crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC) -> np.ndarray:
+               batch_size: int = 64, crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC,
+               crop_edge: str = CROP_EDGE) -> np.ndarray:
     """Nodule probability of each candidate of one scan.
 
     Args:
@@ -63,6 +64,8 @@ def score_scan(model: nn.Module, ct: Ct, centers_xyz: Sequence[Sequence[float]],
         step_cfg: device, autocast precision and memory format.
         batch_size: crops per forward pass.
         crop_shape_irc: crop size the model was trained on.
+        crop_edge: the crop rule at the volume's edge it was trained with (see
+            :func:`luna.ct.crop_volume`).
 
     Returns:
         float32 array (len(centers_xyz),) of probabilities in [0, 1], in the order given.
@@ -79,7 +82,7 @@ def score_scan(model: nn.Module, ct: Ct, centers_xyz: Sequence[Sequence[float]],
     for start in range(0, len(centers_xyz), batch_size):
         chunk = centers_xyz[start:start + batch_size]
         for row, center_xyz in enumerate(chunk):
-            crops[row] = ct.get_raw_candidate(center_xyz, shape_irc)[0]
+            crops[row] = ct.get_raw_candidate(center_xyz, shape_irc, crop_edge)[0]
         x = crops_to_batch(crops[:len(chunk)], step_cfg)
         with step_cfg.autocast():
             _, batch_probabilities = model(x)
@@ -93,12 +96,12 @@ def _read_ct(job: ScanJob) -> Ct:
 
 
 def iter_scan_scores(model: nn.Module, jobs: Sequence[ScanJob], step_cfg: StepConfig, batch_size: int = 64,
-                     crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC,
+                     crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC, crop_edge: str = CROP_EDGE,
                      prefetch: bool = True) -> Iterator[tuple[ScanJob, np.ndarray]]:
     """Score scan after scan, yielding ``(job, probabilities)`` in the order of ``jobs``.
 
     Args:
-        model, step_cfg, batch_size, crop_shape_irc: as for :func:`score_scan`.
+        model, step_cfg, batch_size, crop_shape_irc, crop_edge: as for :func:`score_scan`.
         jobs: the scans and their candidates.
         prefetch: read the next scan in a background thread while this one is scored. Reading
             (SimpleITK, then clipping) and the model both spend most of their time outside
@@ -113,7 +116,8 @@ def iter_scan_scores(model: nn.Module, jobs: Sequence[ScanJob], step_cfg: StepCo
     """
     if not prefetch:
         for job in jobs:
-            yield job, score_scan(model, _read_ct(job), job.centers_xyz, step_cfg, batch_size, crop_shape_irc)
+            yield job, score_scan(model, _read_ct(job), job.centers_xyz, step_cfg, batch_size, crop_shape_irc,
+                                  crop_edge)
         return
     if not jobs:
         return
@@ -124,6 +128,6 @@ def iter_scan_scores(model: nn.Module, jobs: Sequence[ScanJob], step_cfg: StepCo
             ct = pending.result()
             if ndx + 1 < len(jobs):
                 pending = pool.submit(_read_ct, jobs[ndx + 1])
-            probabilities = score_scan(model, ct, job.centers_xyz, step_cfg, batch_size, crop_shape_irc)
+            probabilities = score_scan(model, ct, job.centers_xyz, step_cfg, batch_size, crop_shape_irc, crop_edge)
             del ct  # the reader may already be filling the next one
             yield job, probabilities

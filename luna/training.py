@@ -27,6 +27,7 @@ from luna.app import HelpFormatter, add_common_args, non_negative_int, positive_
 from luna.cache import fill_cache
 from luna.checkpoint import (CheckpointSaver, load_checkpoint, load_model_state, make_checkpoint,
                              restore_rng_state)
+from luna.config import CROP_EDGE, CROP_EDGES, CropConfig
 from luna.dataset import LunaDataset
 from luna.distributed import (barrier, cleanup_distributed, first_occurrence_mask,
                               gather_per_sample, init_distributed, seed_everything)
@@ -59,6 +60,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="every n-th scan (or candidate) is held out for validation")
     data.add_argument("--split", choices=("scan", "candidate"), default="scan",
                       help="hold out whole scans, or every n-th candidate as the reference did (leaks scans)")
+    data.add_argument("--crop-edge", choices=CROP_EDGES, default=CROP_EDGE,
+                      help="crops that would leave the volume: pad (stay centred on the candidate, air "
+                           "outside) or shift (the reference: moved inside, off the candidate)")
     data.add_argument("--num-workers", type=non_negative_int, default=2,
                       help="data loader worker processes (also used to fill the cache)")
     data.add_argument("--batch-size", type=positive_int, default=32, help="samples per batch and process")
@@ -97,7 +101,7 @@ class LunaTrainingApp:
         a = self.args
         common = dict(val_stride=a.val_stride, split=a.split, cache_dir=a.cache_dir,
                       candidates_csv=a.candidates, annotations_csv=a.annotations, return_index=True,
-                      crop_dtype=torch.int16)
+                      crop=CropConfig(edge=a.crop_edge), crop_dtype=torch.int16)
         train_ds = LunaDataset(a.data_dir, is_val=False, ratio=a.balanced, epoch_size=a.epoch_size,
                                seed=a.seed, **common)
         val_ds = LunaDataset(a.data_dir, is_val=True, **common)

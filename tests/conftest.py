@@ -67,21 +67,23 @@ def make_tiny_luna(root: Path, n_series: int = 4, shape_irc=(40, 64, 64), seed: 
             "geometry": geometry}
 
 
-def make_spread_model(seed: int = 0, crop_shape_irc=(32, 48, 48)):
+def make_spread_model(seed: int = 0, crop_shape_irc=(32, 48, 48), hu_mean: float = 100.0, hu_std: float = 300.0,
+                      head_scale: float = 0.3):
     """A small LunaModel whose probabilities spread over (0, 1) on noise scans.
 
     Freshly initialised, it sees raw HU through an input norm with mean 0 and variance 1 and
     saturates to 0 or 1, which would make any comparison of scores pass. Running statistics
-    that suit HU and a damped head keep the scores apart.
+    that suit HU and a damped head keep the scores apart; crops with much air padding want
+    a lower ``hu_mean``, a wider ``hu_std`` and a smaller ``head_scale``.
     """
     torch.manual_seed(seed)
     from luna.model import LunaModel
 
     model = LunaModel(conv_channels=4, crop_shape_irc=crop_shape_irc)
     with torch.no_grad():
-        model.tail_batchnorm.running_mean.fill_(100.0)
-        model.tail_batchnorm.running_var.fill_(300.0 ** 2)
-        model.head_linear.weight.mul_(0.3)
+        model.tail_batchnorm.running_mean.fill_(hu_mean)
+        model.tail_batchnorm.running_var.fill_(hu_std ** 2)
+        model.head_linear.weight.mul_(head_scale)
         model.head_linear.bias.zero_()
     return model.eval()
 

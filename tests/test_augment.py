@@ -43,7 +43,7 @@ def centroid(volume: torch.Tensor) -> torch.Tensor:
 def test_config_defaults_and_validation():
     config = AugmentConfig()
     values = (config.flip, config.offset, config.scale, config.rotate, config.noise)
-    assert values == (True, 0.1, 0.2, True, 25.0)
+    assert values == (True, 0.03, 0.2, True, 25.0)
     assert config.enabled and config.geometric
     assert not AugmentConfig(**OFF).enabled
     assert only(noise=5.0).enabled and not only(noise=5.0).geometric

@@ -73,6 +73,9 @@ def test_key_versioned_by_crop_config_and_format(tmp_path, scan_and_centers, mon
     CropCache(tmp_path / "cache").ensure(uid, path, centers)
     assert not CropCache(tmp_path / "cache", CropConfig(shape_irc=(16, 24, 24))).is_valid(uid, path, centers)
     assert not CropCache(tmp_path / "cache", CropConfig(hu_min=-900)).is_valid(uid, path, centers)
+    assert not CropCache(tmp_path / "cache", CropConfig(edge="shift")).is_valid(uid, path, centers)
+    with pytest.raises(ValueError, match="crop edge"):
+        CropConfig(edge="wrap")
     monkeypatch.setattr(luna.config, "CACHE_FORMAT_VERSION", luna.config.CACHE_FORMAT_VERSION + 1)
     assert not CropCache(tmp_path / "cache").is_valid(uid, path, centers)
 

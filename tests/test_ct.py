@@ -25,17 +25,30 @@ def test_ct_clips_and_keeps_geometry(scan):
     np.testing.assert_array_equal(ct.direction, np.diag([1.0, -1.0, 1.0]))
 
 
-def test_crop_is_centred_inside_and_shifted_at_borders(scan):
+def test_crop_is_centred_inside_and_shifted_at_borders_by_the_reference_rule(scan):
     path, volume = scan
     ct = Ct(path)
     clipped = np.clip(volume, -1000, 1000)
     center_xyz = ct.irc2xyz((10, 15, 20))
-    chunk, center_irc = ct.get_raw_candidate(center_xyz, (8, 10, 12))
-    assert center_irc == (10, 15, 20)
-    np.testing.assert_array_equal(chunk, clipped[6:14, 10:20, 14:26])
-    # At the corner the crop is shifted inside the volume, not padded.
-    chunk, _ = ct.get_raw_candidate(ct.irc2xyz((0, 29, 39)), (8, 10, 12))
+    for edge in ("pad", "shift"):
+        chunk, center_irc = ct.get_raw_candidate(center_xyz, (8, 10, 12), edge)
+        assert center_irc == (10, 15, 20)
+        np.testing.assert_array_equal(chunk, clipped[6:14, 10:20, 14:26])
+    # At the corner the reference's crop is shifted inside the volume, not padded.
+    chunk, _ = ct.get_raw_candidate(ct.irc2xyz((0, 29, 39)), (8, 10, 12), "shift")
     np.testing.assert_array_equal(chunk, clipped[0:8, 20:30, 28:40])
+
+
+def test_padded_crop_keeps_the_candidate_at_its_centre(scan):
+    path, volume = scan
+    ct = Ct(path)
+    clipped = np.clip(volume, -1000, 1000)
+    chunk, _ = ct.get_raw_candidate(ct.irc2xyz((0, 29, 39)), (8, 10, 12))  # "pad" is the default
+    assert chunk.shape == (8, 10, 12)
+    # Voxel (0, 29, 39) sits at the crop's centre index (4, 5, 6); the rest of the volume
+    # that fits lies before it, air beyond the volume's faces.
+    np.testing.assert_array_equal(chunk[4:, :6, :7], clipped[0:4, 24:30, 33:40])
+    assert (chunk[:4] == -1000).all() and (chunk[:, 6:] == -1000).all() and (chunk[:, :, 7:] == -1000).all()
 
 
 def test_crop_bounds_rule():
@@ -45,9 +58,11 @@ def test_crop_bounds_rule():
 
 
 def test_volume_smaller_than_crop_is_padded_with_air():
-    chunk = crop_volume(np.zeros((4, 50, 50), np.int16), (2, 25, 25), (32, 48, 48))
+    chunk = crop_volume(np.zeros((4, 50, 50), np.int16), (2, 25, 25), (32, 48, 48), "shift")
     assert chunk.shape == (32, 48, 48)
     assert (chunk[:4] == 0).all() and (chunk[4:] == -1000).all()
+    chunk = crop_volume(np.zeros((4, 50, 50), np.int16), (2, 25, 25), (32, 48, 48), "pad")
+    assert (chunk[14:18, 1:, 1:] == 0).all() and (chunk[:14] == -1000).all() and (chunk[18:] == -1000).all()
 
 
 def test_centre_outside_the_scan_is_an_error(scan):

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from luna.app import run_app
-from luna.checkpoint import make_checkpoint, save_checkpoint
+from luna.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from luna.config import CropConfig
 from luna.dataset import LunaDataset
 from luna.luna16_files import read_predictions
 from luna.predict import RESULT_COLUMNS, LunaPredictApp
@@ -27,7 +28,8 @@ def setup(tmp_path_factory) -> dict:
     """Tiny data and a run directory with a real checkpoint as best.pt."""
     root = tmp_path_factory.mktemp("predict")
     data = make_tiny_luna(root / "luna", n_series=4, negatives_per_scan=4)
-    model = make_spread_model()
+    # Tiny scans: most crops reach past the volume, and padded ones hold much air.
+    model = make_spread_model(hu_mean=-300.0, hu_std=600.0, head_scale=0.2)
     run_dir = root / "runs" / "luna" / "2024-01-01_00.00.00-test"
     run_dir.mkdir(parents=True)
     ckpt = make_checkpoint(model_name="luna", model_config=model.config, model_state=model.state_dict(),
@@ -51,20 +53,30 @@ def predict(*argv: str) -> int:
     return run_app(LunaPredictApp, list(argv), prog="luna predict")
 
 
-def test_val_split_scores_match_the_dataset(setup, tmp_path, monkeypatch):
+@pytest.mark.parametrize("crop_edge", ["pad", None])
+def test_val_split_scores_match_the_dataset(setup, tmp_path, monkeypatch, crop_edge):
     monkeypatch.chdir(tmp_path)  # a cache dir, if one were made, would land here
+    ckpt_path = setup["ckpt"]
+    if crop_edge is not None:
+        ckpt = load_checkpoint(ckpt_path)
+        ckpt["args"]["crop_edge"] = crop_edge
+        ckpt_path = tmp_path / "ckpt" / "best.pt"
+        ckpt_path.parent.mkdir()
+        save_checkpoint(ckpt_path, ckpt)
     before = files_under(setup["root"])
     out = tmp_path / "out" / "val.csv"
-    assert predict("--checkpoint", str(setup["ckpt"]), "--data-dir", str(setup["data"]["root"]),
+    assert predict("--checkpoint", str(ckpt_path), "--data-dir", str(setup["data"]["root"]),
                    "--precision", "fp32", "--out", str(out)) == 0
 
     header, rows = read_results(out)
     assert header == list(RESULT_COLUMNS)
     # Nothing written but the results file: no cache, no temp files, nothing beside the checkpoint.
     assert files_under(setup["root"]) == before
-    assert files_under(tmp_path) == {out}
+    assert files_under(tmp_path) == {out} | ({ckpt_path} if crop_edge else set())
 
-    ds = LunaDataset(setup["data"]["root"], val_stride=VAL_STRIDE, is_val=True, cache_dir=tmp_path / "cache")
+    # Cropped as the run was trained; a checkpoint from before --crop-edge used the shift rule.
+    ds = LunaDataset(setup["data"]["root"], val_stride=VAL_STRIDE, is_val=True, cache_dir=tmp_path / "cache",
+                     crop=CropConfig(edge=crop_edge or "shift"))
     assert len(rows) == len(ds.candidates)
     assert {r[0] for r in rows} == {c.series_uid for c in ds.candidates}
     got = {(r[0], float(r[1]), float(r[2]), float(r[3])): float(r[4]) for r in rows}
