@@ -94,6 +94,7 @@ class LunaModel(nn.Module):
         out_shape = [s // 2 ** _NUM_BLOCKS for s in crop_shape_irc]
         self.head_linear = nn.Linear(channels[-1] * math.prod(out_shape), 2)
         self.head_softmax = nn.Softmax(dim=1)
+        self.head_dropout: nn.Module = nn.Identity()  # the reference has none; see LunaBnModel
 
         self._init_weights()
 
@@ -128,7 +129,7 @@ class LunaModel(nn.Module):
         x = self.tail_batchnorm(x)
         x = self.block4(self.block3(self.block2(self.block1(x))))
         # flatten, not view: a channels_last_3d activation is not viewable as (N, -1).
-        features = torch.flatten(x, 1)
+        features = self.head_dropout(torch.flatten(x, 1))
         # The head runs in float32 even under autocast: bf16 logits keep 8 significant bits, so
         # dozens of candidates would tie at probability 1.0 and blur the top of the ranking
         # that FROC scores. It is one small matrix product.
@@ -149,8 +150,13 @@ class LunaBnModel(LunaModel):
     name = "luna_bn"
 
     def __init__(self, in_channels: int = 1, conv_channels: int = 8,
-                 crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC, batch_norm_from: int = 2) -> None:
+                 crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC, batch_norm_from: int = 2,
+                 dropout: float = 0.0) -> None:
         super().__init__(in_channels, conv_channels, crop_shape_irc, batch_norm_from=batch_norm_from)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self._config["dropout"] = float(dropout)
+        self.head_dropout = nn.Dropout(dropout)
         # The reference's fan_out init of the head assumes small, un-normalised features; after
         # batch norm the 1,152 features have unit scale and it would start with logits of
         # standard deviation ~30 (losses near 10). Start the head small instead.
@@ -188,6 +194,46 @@ def build_model(config: dict) -> nn.Module:
         return MODELS[name](**kwargs)
     except (TypeError, ValueError) as exc:
         raise DataError(f"cannot build model {name!r} from {config!r}: {exc}") from exc
+
+
+# In-plane symmetries of a crop, as (transpose R and C, flip R, flip C). CT pixels are square, so
+# each maps a plausible crop to another; the first n of this order make a group for n = 1, 2, 4, 8
+# (identity; + the 180-degree turn; + the two mirror images; + the four transposed versions).
+_VIEWS = ((False, False, False), (False, True, True), (False, True, False), (False, False, True),
+          (True, False, False), (True, True, True), (True, True, False), (True, False, True))
+VIEW_COUNTS = (1, 2, 4, 8)
+
+
+def predict_views(model: nn.Module, x: torch.Tensor, views: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classify crops averaged over in-plane symmetric views (test-time augmentation).
+
+    A model trained on few positives scores the same nodule differently when it is mirrored
+    or turned; averaging the views ranks nodules more steadily (measured: held-out ROC AUC
+    0.958 -> 0.971 with 8 views, README "Training recipe and results"), for ``views`` times the
+    compute.
+
+    Args:
+        model: returns ``(logits, probabilities)`` like :class:`LunaModel`.
+        x: (N, C, I, R, C) crops; R and C must be equal when ``views`` is 8.
+        views: 1 (the crop as it is), 2, 4 or 8, see ``_VIEWS``.
+
+    Returns:
+        (logits, probabilities), both (N, 2): the mean of the views' logits and its softmax.
+    """
+    if views not in VIEW_COUNTS:
+        raise ValueError(f"views must be one of {VIEW_COUNTS}, got {views}")
+    if views == 1:
+        return model(x)
+    if views == 8 and x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"8 views transpose rows and columns, which needs square crops, got {tuple(x.shape)}")
+    total = None
+    for transpose, flip_r, flip_c in _VIEWS[:views]:
+        view = x.transpose(-1, -2) if transpose else x
+        dims = [d for d, on in ((-2, flip_r), (-1, flip_c)) if on]
+        logits = model(view.flip(dims) if dims else view)[0].float()
+        total = logits if total is None else total + logits
+    logits = total / views
+    return logits, torch.softmax(logits, dim=1)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

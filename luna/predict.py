@@ -31,7 +31,7 @@ from luna.distributed import resolve_device
 from luna.engine import StepConfig
 from luna.errors import DataError, UsageError
 from luna.geometry import XyzTuple
-from luna.model import build_model, prepare_model
+from luna.model import VIEW_COUNTS, build_model, prepare_model
 from luna.progress import enumerate_with_estimate
 from luna.recipe import resolve_performance
 from luna.scoring import ScanJob, iter_scan_scores
@@ -66,6 +66,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None,
                         help="results CSV (default: predictions_<split>.csv beside the checkpoint)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="crops per forward pass")
+    parser.add_argument("--tta-views", type=int, choices=VIEW_COUNTS, default=8,
+                        help="test-time augmentation: average the model over this many in-plane symmetric "
+                             "views of each crop (turns, mirror images); 1 = off, the compute grows with it")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="autocast dtype; auto: bf16 where the device supports it, else fp32")
@@ -238,13 +241,14 @@ class LunaPredictApp:
         # Crop as the model was trained: runs from before --crop-edge existed used the shift rule.
         crop_edge = str(train_args.get("crop_edge", "shift"))
         log.info("Scoring %d candidates of %d scans (%s split, val_stride=%d, split=%s) with %s epoch %s "
-                 "on %s, %s, channels_last=%s, crop edge %s", len(selected), len(jobs), split, val_stride,
-                 split_mode, ckpt_path, ckpt.get("epoch", "?"), device, perf.precision, perf.channels_last, crop_edge)
+                 "on %s, %s, channels_last=%s, crop edge %s, %d view(s)", len(selected), len(jobs), split,
+                 val_stride, split_mode, ckpt_path, ckpt.get("epoch", "?"), device, perf.precision, perf.channels_last,
+                 crop_edge, args.tta_views)
 
         out.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         scored = iter_scan_scores(model, jobs, step_cfg, args.batch_size, crop_shape_irc, crop_edge,
-                                  args.prefetch)
+                                  args.tta_views, args.prefetch)
         rows = write_results(out, (item for _, item in enumerate_with_estimate(scored, "Scoring", total=len(jobs))))
         seconds = time.perf_counter() - started
         log.info("Scored %d scans, %d candidates in %.1f s (%.1f candidates/s); wrote %s",

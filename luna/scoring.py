@@ -20,6 +20,7 @@ from torch import nn
 from luna.config import CROP_EDGE, CROP_SHAPE_IRC
 from luna.ct import Ct
 from luna.engine import StepConfig
+from luna.model import predict_views
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def crops_to_batch(crops_irc: np.ndarray, step_cfg: StepConfig) -> torch.Tensor:
 @torch.inference_mode()
 def score_scan(model: nn.Module, ct: Ct, centers_xyz: Sequence[Sequence[float]], step_cfg: StepConfig,
                batch_size: int = 64, crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC,
-               crop_edge: str = CROP_EDGE) -> np.ndarray:
+               crop_edge: str = CROP_EDGE, views: int = 1) -> np.ndarray:
     """Nodule probability of each candidate of one scan.
 
     Args:
@@ -66,6 +67,7 @@ def score_scan(model: nn.Module, ct: Ct, centers_xyz: Sequence[Sequence[float]],
         crop_shape_irc: crop size the model was trained on.
         crop_edge: the crop rule at the volume's edge it was trained with (see
             :func:`luna.ct.crop_volume`).
+        views: in-plane symmetric views averaged per candidate (see :func:`luna.model.predict_views`).
 
     Returns:
         float32 array (len(centers_xyz),) of probabilities in [0, 1], in the order given.
@@ -85,7 +87,7 @@ def score_scan(model: nn.Module, ct: Ct, centers_xyz: Sequence[Sequence[float]],
             crops[row] = ct.get_raw_candidate(center_xyz, shape_irc, crop_edge)[0]
         x = crops_to_batch(crops[:len(chunk)], step_cfg)
         with step_cfg.autocast():
-            _, batch_probabilities = model(x)
+            _, batch_probabilities = predict_views(model, x, views)
         # .cpu() waits for the device, so the crop buffer is free to refill afterwards.
         probabilities[start:start + len(chunk)] = batch_probabilities[:, 1].float().cpu().numpy()
     return probabilities
@@ -97,11 +99,11 @@ def _read_ct(job: ScanJob) -> Ct:
 
 def iter_scan_scores(model: nn.Module, jobs: Sequence[ScanJob], step_cfg: StepConfig, batch_size: int = 64,
                      crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC, crop_edge: str = CROP_EDGE,
-                     prefetch: bool = True) -> Iterator[tuple[ScanJob, np.ndarray]]:
+                     views: int = 1, prefetch: bool = True) -> Iterator[tuple[ScanJob, np.ndarray]]:
     """Score scan after scan, yielding ``(job, probabilities)`` in the order of ``jobs``.
 
     Args:
-        model, step_cfg, batch_size, crop_shape_irc, crop_edge: as for :func:`score_scan`.
+        model, step_cfg, batch_size, crop_shape_irc, crop_edge, views: as for :func:`score_scan`.
         jobs: the scans and their candidates.
         prefetch: read the next scan in a background thread while this one is scored. Reading
             (SimpleITK, then clipping) and the model both spend most of their time outside
@@ -117,7 +119,7 @@ def iter_scan_scores(model: nn.Module, jobs: Sequence[ScanJob], step_cfg: StepCo
     if not prefetch:
         for job in jobs:
             yield job, score_scan(model, _read_ct(job), job.centers_xyz, step_cfg, batch_size, crop_shape_irc,
-                                  crop_edge)
+                                  crop_edge, views)
         return
     if not jobs:
         return
@@ -128,6 +130,7 @@ def iter_scan_scores(model: nn.Module, jobs: Sequence[ScanJob], step_cfg: StepCo
             ct = pending.result()
             if ndx + 1 < len(jobs):
                 pending = pool.submit(_read_ct, jobs[ndx + 1])
-            probabilities = score_scan(model, ct, job.centers_xyz, step_cfg, batch_size, crop_shape_irc, crop_edge)
+            probabilities = score_scan(model, ct, job.centers_xyz, step_cfg, batch_size, crop_shape_irc, crop_edge,
+                                       views)
             del ct  # the reader may already be filling the next one
             yield job, probabilities

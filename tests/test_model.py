@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from luna.errors import DataError
-from luna.model import MODELS, LunaBlock, LunaModel, build_model, count_parameters, prepare_model
+from luna.model import MODELS, LunaBlock, LunaModel, build_model, count_parameters, prepare_model, predict_views
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +156,25 @@ def test_probabilities_are_float32_under_bf16_autocast():
         logits, probs = model(x)
     assert logits.dtype == torch.float32 and probs.dtype == torch.float32
     assert len(set(probs[:, 1].tolist())) == 64
+
+
+def test_predict_views_average_the_symmetric_views():
+    torch.manual_seed(0)
+    model = LunaModel(conv_channels=4, crop_shape_irc=(16, 16, 16)).eval()
+    x = torch.randn(3, 1, 16, 16, 16)
+    with torch.no_grad():
+        plain = model(x)
+        for got, want in zip(predict_views(model, x, 1), plain):
+            torch.testing.assert_close(got, want)
+        # 2 views: the crop and its 180-degree turn in the (R, C) plane.
+        turned = torch.rot90(x, 2, dims=(3, 4))
+        logits, probs = predict_views(model, x, 2)
+        torch.testing.assert_close(logits, (plain[0] + model(turned)[0]) / 2)
+        torch.testing.assert_close(probs, torch.softmax(logits, dim=1))
+        # The 8-view mean does not depend on which of the views comes in.
+        torch.testing.assert_close(predict_views(model, torch.rot90(x, 1, dims=(3, 4)), 8)[0],
+                                   predict_views(model, x, 8)[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="views must be one of"):
+        predict_views(model, x, 3)
+    with pytest.raises(ValueError, match="square crops"):
+        predict_views(model, torch.randn(1, 1, 16, 16, 32), 8)

@@ -53,8 +53,14 @@ def predict(*argv: str) -> int:
     return run_app(LunaPredictApp, list(argv), prog="luna predict")
 
 
-@pytest.mark.parametrize("crop_edge", ["pad", None])
-def test_val_split_scores_match_the_dataset(setup, tmp_path, monkeypatch, crop_edge):
+def dihedral_views(crop: np.ndarray) -> list[np.ndarray]:
+    """The 8 in-plane symmetries of an (I, R, C) crop, built independently of luna.model."""
+    turns = [np.rot90(crop, k, axes=(1, 2)) for k in range(4)]
+    return turns + [t[:, :, ::-1] for t in turns]
+
+
+@pytest.mark.parametrize("crop_edge, views", [("pad", None), (None, "1")])
+def test_val_split_scores_match_the_dataset(setup, tmp_path, monkeypatch, crop_edge, views):
     monkeypatch.chdir(tmp_path)  # a cache dir, if one were made, would land here
     ckpt_path = setup["ckpt"]
     if crop_edge is not None:
@@ -66,7 +72,7 @@ def test_val_split_scores_match_the_dataset(setup, tmp_path, monkeypatch, crop_e
     before = files_under(setup["root"])
     out = tmp_path / "out" / "val.csv"
     assert predict("--checkpoint", str(ckpt_path), "--data-dir", str(setup["data"]["root"]),
-                   "--precision", "fp32", "--out", str(out)) == 0
+                   "--precision", "fp32", "--out", str(out), *(["--tta-views", views] if views else [])) == 0
 
     header, rows = read_results(out)
     assert header == list(RESULT_COLUMNS)
@@ -86,7 +92,12 @@ def test_val_split_scores_match_the_dataset(setup, tmp_path, monkeypatch, crop_e
     with torch.no_grad():
         for ndx, info in enumerate(ds.candidates):
             crop = ds[ndx][0]
-            expected.append(model(crop.unsqueeze(0))[1][0, 1].item())
+            if views == "1":
+                expected.append(model(crop.unsqueeze(0))[1][0, 1].item())
+            else:  # by default, the mean logits of the 8 symmetric views
+                batch = torch.from_numpy(np.stack(dihedral_views(crop[0].numpy()))[:, None].copy())
+                logits = model(batch)[0].mean(dim=0)
+                expected.append(torch.softmax(logits, dim=0)[1].item())
             # Coordinates are the candidates' own, exactly.
             assert (info.series_uid, *info.center_xyz) in got
     expected_a = np.array(expected)
