@@ -94,7 +94,6 @@ class LunaModel(nn.Module):
         out_shape = [s // 2 ** _NUM_BLOCKS for s in crop_shape_irc]
         self.head_linear = nn.Linear(channels[-1] * math.prod(out_shape), 2)
         self.head_softmax = nn.Softmax(dim=1)
-        self.head_dropout: nn.Module = nn.Identity()  # the reference has none; see LunaBnModel
 
         self._init_weights()
 
@@ -129,7 +128,7 @@ class LunaModel(nn.Module):
         x = self.tail_batchnorm(x)
         x = self.block4(self.block3(self.block2(self.block1(x))))
         # flatten, not view: a channels_last_3d activation is not viewable as (N, -1).
-        features = self.head_dropout(torch.flatten(x, 1))
+        features = torch.flatten(x, 1)
         # The head runs in float32 even under autocast: bf16 logits keep 8 significant bits, so
         # dozens of candidates would tie at probability 1.0 and blur the top of the ranking
         # that FROC scores. It is one small matrix product.
@@ -150,13 +149,8 @@ class LunaBnModel(LunaModel):
     name = "luna_bn"
 
     def __init__(self, in_channels: int = 1, conv_channels: int = 8,
-                 crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC, batch_norm_from: int = 2,
-                 dropout: float = 0.0) -> None:
+                 crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC, batch_norm_from: int = 2) -> None:
         super().__init__(in_channels, conv_channels, crop_shape_irc, batch_norm_from=batch_norm_from)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self._config["dropout"] = float(dropout)
-        self.head_dropout = nn.Dropout(dropout)
         # The reference's fan_out init of the head assumes small, un-normalised features; after
         # batch norm the 1,152 features have unit scale and it would start with logits of
         # standard deviation ~30 (losses near 10). Start the head small instead.

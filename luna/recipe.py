@@ -24,8 +24,6 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model and optimiser")
     model.add_argument("--model", choices=sorted(MODELS), default="luna_bn",
                        help="architecture: luna (the reference) or luna_bn (batch norm after each conv of blocks 2-4)")
-    model.add_argument("--dropout", type=float, default=0.0,
-                       help="dropout on the head's input features (luna_bn only)")
     model.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="adamw", help="optimiser")
     model.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate")
     model.add_argument("--momentum", type=float, default=0.99, help="SGD momentum (the reference's 0.99)")

@@ -161,7 +161,7 @@ class LunaTrainingApp:
         barrier(ctx)
         train_loader, val_loader = self._loader(train_ds, True), self._loader(val_ds, False)
 
-        model = build_model({"name": a.model, **({"dropout": a.dropout} if a.dropout else {})})
+        model = build_model({"name": a.model})
         # Model on the device before the optimiser is built (the optimiser keeps references).
         model = prepare_model(model, ctx.device, perf.channels_last)
         optimizer = build_optimizer(model, a)
