@@ -42,7 +42,7 @@ class LunaDataset(Dataset):
         ratio: 0 for natural order; n > 0 for balanced sampling, one positive then n negatives.
         epoch_size: samples per epoch (default: the number of candidates selected).
         cache_dir: crop cache root (default ``$LUNA_CACHE_DIR`` or ``./cache``).
-        crop: crop shape and HU clip range.
+        crop: crop shape, HU clip range and the rule at the volume's edge (see :class:`CropConfig`).
         candidates_csv, annotations_csv: override the CSVs found in ``data_dir``.
         candidate_info_list: use this sorted list instead of reading the CSVs.
         seed: base seed of the per-epoch shuffle of balanced sampling (see :meth:`set_epoch`).
