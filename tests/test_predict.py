@@ -202,7 +202,7 @@ def test_help(capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--checkpoint", "--data-dir", "--series", "--split", "--out", "--batch-size", "--device",
-                 "--precision"):
+                 "--precision", "--tta-views"):
         assert flag in text
 
 
