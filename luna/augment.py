@@ -2,9 +2,9 @@
 
 Applied to batches after they leave the crop cache (never cached), as in SPEC section 5: random
 flips, offsets (SPEC: up to ~10% of the crop; luna's default 3%, see :class:`AugmentConfig`),
-scaling of +/-20%, rotation about the head-foot axis and Gaussian noise of ~25 HU. The geometric part is one affine transform per sample, resampled with
-an affine grid (:func:`sampling_grid`) + ``grid_sample`` in a single pass, so the batch never
-round-trips to the CPU.
+scaling of +/-20%, rotation about the head-foot axis and Gaussian noise of ~25 HU. The geometric
+part is one affine transform per sample, resampled with an affine grid (:func:`sampling_grid`) +
+``grid_sample`` in a single pass, so the batch never round-trips to the CPU.
 
 Coordinates. A batch is (N, 1, I, R, C); I is the head-foot axis (z), R is y and C is x.
 ``affine_grid``'s theta maps an *output* point, in normalised (x, y, z) = (C, R, I) coordinates

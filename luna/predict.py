@@ -26,7 +26,7 @@ from luna.atomic import atomic_open
 from luna.candidates import (CandidateInfo, find_annotations_csv, find_series_files, get_candidate_info_list,
                              split_candidates)
 from luna.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, load_model_state
-from luna.config import CROP_SHAPE_IRC
+from luna.config import CROP_SHAPE_IRC, CropConfig
 from luna.distributed import resolve_device
 from luna.engine import StepConfig
 from luna.errors import DataError, UsageError
@@ -237,18 +237,22 @@ class LunaPredictApp:
                                                       compile=False), device)
         model = prepare_model(model, device, perf.channels_last).eval()
         step_cfg = StepConfig(device, perf.precision, perf.channels_last)
-        crop_shape_irc = ckpt["model_config"].get("crop_shape_irc", CROP_SHAPE_IRC)
         # Crop as the model was trained: runs from before --crop-edge existed used the shift rule.
-        crop_edge = str(train_args.get("crop_edge", "shift"))
+        try:
+            crop = CropConfig(shape_irc=tuple(ckpt["model_config"].get("crop_shape_irc", CROP_SHAPE_IRC)),
+                              edge=str(train_args.get("crop_edge", "shift")))
+        except ValueError as exc:
+            raise DataError(f"{ckpt_path}: {exc}") from None
+        if args.tta_views == 8 and crop.shape_irc[1] != crop.shape_irc[2]:
+            raise UsageError(f"--tta-views 8 needs square crops, the model takes {crop.shape_irc}; use 4")
         log.info("Scoring %d candidates of %d scans (%s split, val_stride=%d, split=%s) with %s epoch %s "
                  "on %s, %s, channels_last=%s, crop edge %s, %d view(s)", len(selected), len(jobs), split,
                  val_stride, split_mode, ckpt_path, ckpt.get("epoch", "?"), device, perf.precision, perf.channels_last,
-                 crop_edge, args.tta_views)
+                 crop.edge, args.tta_views)
 
         out.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        scored = iter_scan_scores(model, jobs, step_cfg, args.batch_size, crop_shape_irc, crop_edge,
-                                  args.tta_views, args.prefetch)
+        scored = iter_scan_scores(model, jobs, step_cfg, args.batch_size, crop, args.tta_views, args.prefetch)
         rows = write_results(out, (item for _, item in enumerate_with_estimate(scored, "Scoring", total=len(jobs))))
         seconds = time.perf_counter() - started
         log.info("Scored %d scans, %d candidates in %.1f s (%.1f candidates/s); wrote %s",

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from luna.config import CROP_EDGE, CROP_SHAPE_IRC
+from luna.config import CropConfig
 from luna.ct import Ct
 from luna.engine import StepConfig
 from luna.model import predict_views
@@ -52,8 +52,7 @@ def crops_to_batch(crops_irc: np.ndarray, step_cfg: StepConfig) -> torch.Tensor:
 
 @torch.inference_mode()
 def score_scan(model: nn.Module, ct: Ct, centers_xyz: Sequence[Sequence[float]], step_cfg: StepConfig,
-               batch_size: int = 64, crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC,
-               crop_edge: str = CROP_EDGE, views: int = 1) -> np.ndarray:
+               batch_size: int = 64, crop: CropConfig = CropConfig(), views: int = 1) -> np.ndarray:
     """Nodule probability of each candidate of one scan.
 
     Args:
@@ -64,9 +63,7 @@ def score_scan(model: nn.Module, ct: Ct, centers_xyz: Sequence[Sequence[float]],
         centers_xyz: candidate centres (world mm).
         step_cfg: device, autocast precision and memory format.
         batch_size: crops per forward pass.
-        crop_shape_irc: crop size the model was trained on.
-        crop_edge: the crop rule at the volume's edge it was trained with (see
-            :func:`luna.ct.crop_volume`).
+        crop: crop size and rule at the volume's edge that the model was trained with.
         views: in-plane symmetric views averaged per candidate (see :func:`luna.model.predict_views`).
 
     Returns:
@@ -78,13 +75,13 @@ def score_scan(model: nn.Module, ct: Ct, centers_xyz: Sequence[Sequence[float]],
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval()
-    shape_irc = tuple(int(n) for n in crop_shape_irc)
+    shape_irc = tuple(int(n) for n in crop.shape_irc)
     probabilities = np.empty(len(centers_xyz), dtype=np.float32)
     crops = np.empty((min(batch_size, len(centers_xyz)), *shape_irc), dtype=np.int16)
     for start in range(0, len(centers_xyz), batch_size):
         chunk = centers_xyz[start:start + batch_size]
         for row, center_xyz in enumerate(chunk):
-            crops[row] = ct.get_raw_candidate(center_xyz, shape_irc, crop_edge)[0]
+            crops[row] = ct.get_raw_candidate(center_xyz, shape_irc, crop.edge)[0]
         x = crops_to_batch(crops[:len(chunk)], step_cfg)
         with step_cfg.autocast():
             _, batch_probabilities = predict_views(model, x, views)
@@ -98,12 +95,12 @@ def _read_ct(job: ScanJob) -> Ct:
 
 
 def iter_scan_scores(model: nn.Module, jobs: Sequence[ScanJob], step_cfg: StepConfig, batch_size: int = 64,
-                     crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC, crop_edge: str = CROP_EDGE,
-                     views: int = 1, prefetch: bool = True) -> Iterator[tuple[ScanJob, np.ndarray]]:
+                     crop: CropConfig = CropConfig(), views: int = 1,
+                     prefetch: bool = True) -> Iterator[tuple[ScanJob, np.ndarray]]:
     """Score scan after scan, yielding ``(job, probabilities)`` in the order of ``jobs``.
 
     Args:
-        model, step_cfg, batch_size, crop_shape_irc, crop_edge, views: as for :func:`score_scan`.
+        model, step_cfg, batch_size, crop, views: as for :func:`score_scan`.
         jobs: the scans and their candidates.
         prefetch: read the next scan in a background thread while this one is scored. Reading
             (SimpleITK, then clipping) and the model both spend most of their time outside
@@ -118,8 +115,7 @@ def iter_scan_scores(model: nn.Module, jobs: Sequence[ScanJob], step_cfg: StepCo
     """
     if not prefetch:
         for job in jobs:
-            yield job, score_scan(model, _read_ct(job), job.centers_xyz, step_cfg, batch_size, crop_shape_irc,
-                                  crop_edge, views)
+            yield job, score_scan(model, _read_ct(job), job.centers_xyz, step_cfg, batch_size, crop, views)
         return
     if not jobs:
         return
@@ -130,7 +126,6 @@ def iter_scan_scores(model: nn.Module, jobs: Sequence[ScanJob], step_cfg: StepCo
             ct = pending.result()
             if ndx + 1 < len(jobs):
                 pending = pool.submit(_read_ct, jobs[ndx + 1])
-            probabilities = score_scan(model, ct, job.centers_xyz, step_cfg, batch_size, crop_shape_irc, crop_edge,
-                                       views)
+            probabilities = score_scan(model, ct, job.centers_xyz, step_cfg, batch_size, crop, views)
             del ct  # the reader may already be filling the next one
             yield job, probabilities

@@ -232,3 +232,16 @@ def test_other_data_dir_scores_every_scan_by_default(setup, tmp_path):
     assert predict(*common, "--data-dir", str(setup["data"]["root"]), "--out", str(own)) == 0
     assert predict(*common, "--data-dir", str(data_dir), "--out", str(new)) == 0
     assert len(read_results(own)[1]) < len(read_results(new)[1]) == len(setup["data"]["candidates"])
+
+
+def test_checkpoint_with_an_unknown_crop_edge_is_a_one_line_data_error(setup, tmp_path, capsys):
+    ckpt = load_checkpoint(setup["ckpt"])
+    ckpt["args"]["crop_edge"] = "wrap"
+    path = tmp_path / "edited.pt"
+    save_checkpoint(path, ckpt)
+    out = tmp_path / "out.csv"
+    assert predict("--checkpoint", str(path), "--data-dir", str(setup["data"]["root"]), "--out", str(out)) == 1
+    err = [line for line in capsys.readouterr().err.strip().splitlines()
+           if not re.match(r"\d{4}-\d\d-\d\d \d\d:", line)]
+    assert len(err) == 1 and "edited.pt" in err[0] and "crop edge" in err[0], err
+    assert not out.exists()
