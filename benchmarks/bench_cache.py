@@ -32,6 +32,7 @@ import psutil  # noqa: E402
 from bench_report import Report, load_average  # noqa: E402
 
 from luna.candidates import find_series_files, get_candidate_info_list  # noqa: E402
+from luna.config import CropConfig  # noqa: E402
 from luna.ct import read_mhd_header  # noqa: E402
 
 LUNA16_CANDIDATES = 551_065
@@ -90,7 +91,8 @@ def child_fill(design: str, data_dir: Path, cache_dir: Path, workers: int) -> No
     series_paths = find_series_files(data_dir)
     # Creating the reference's 64 shard databases is a one-off cost: timed apart from the fill.
     started = time.perf_counter()
-    cache = CropCache(cache_dir) if design == "ours" else reference_cache.ReferenceCache(
+    # The reference's crop rule, so that both designs hold the same samples.
+    cache = CropCache(cache_dir, CropConfig(edge="shift")) if design == "ours" else reference_cache.ReferenceCache(
         cache_dir, series_paths, design)
     setup = time.perf_counter() - started
     started = time.perf_counter()
@@ -252,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"({LUNA16_CANDIDATES:,} candidates): {sizes[design] * LUNA16_CANDIDATES / 1e9:,.1f} GB")
 
         # --- 3. warm reads, one process
-        ours = LunaDataset(data_dir, val_stride=0, cache_dir=cache_dirs["ours"], candidate_info_list=candidates)
+        ours = LunaDataset(data_dir, val_stride=0, cache_dir=cache_dirs["ours"], candidate_info_list=candidates,
+                           crop=CropConfig(edge="shift"))
         refs = {design: reference_cache.ReferenceDataset(
             reference_cache.ReferenceCache(cache_dirs[design], series_paths, design), candidates)
             for design in cache_dirs if design != "ours"}
