@@ -2,7 +2,8 @@
 
 Applied to batches after they leave the crop cache (never cached), as in SPEC section 5: random
 flips, offsets (SPEC: up to ~10% of the crop; luna's default 3%, see :class:`AugmentConfig`),
-scaling of +/-20%, rotation about the head-foot axis and Gaussian noise of ~25 HU. The geometric
+scaling of +/-20%, rotation about the head-foot axis and Gaussian noise of ~25 HU; beyond the
+reference, a random loss of contrast (see :class:`AugmentConfig`). The geometric
 part is one affine transform per sample, resampled with an affine grid (:func:`sampling_grid`) +
 ``grid_sample`` in a single pass, so the batch never round-trips to the CPU.
 
@@ -34,6 +35,12 @@ log = logging.getLogger(__name__)
 # Keeps noise seeds inside the range every torch generator accepts.
 _MAX_SEED = 2 ** 63 - 1
 
+# Contrast is scaled about air, so air stays air and everything denser fades towards it.
+AIR_HU = -1000.0
+# Share of samples whose contrast is reduced; the rest keep the scanner's own, so the model
+# still mostly sees crops as they come.
+CONTRAST_PROBABILITY = 0.5
+
 
 @dataclass
 class AugmentConfig:
@@ -50,6 +57,11 @@ class AugmentConfig:
             samples a larger region, so the content looks smaller (as in the reference).
         rotate: rotate by a uniform angle in [0, 2 pi) about the head-foot (I) axis.
         noise: standard deviation of added Gaussian noise, in HU.
+        contrast: largest loss of contrast. Half of the samples (:data:`CONTRAST_PROBABILITY`)
+            get ``hu -> air + a * (hu - air)`` with ``a`` uniform in ``[1 - contrast, 1]``: a
+            solid nodule then looks as faint as a ground-glass one, or as a small nodule blurred
+            by partial volume in a thick slice. Without it the model meets few faint nodules in
+            training and learns those few by heart instead of "a round thing, of any density".
     """
 
     flip: bool = True
@@ -57,6 +69,7 @@ class AugmentConfig:
     scale: float = 0.2
     rotate: bool = True
     noise: float = 25.0
+    contrast: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.offset <= 1.0:
@@ -66,6 +79,8 @@ class AugmentConfig:
             raise UsageError(f"augmentation scale must be in [0, 1), got {self.scale}")
         if not 0.0 <= self.noise < math.inf:
             raise UsageError(f"augmentation noise must be a finite HU value >= 0, got {self.noise}")
+        if not 0.0 <= self.contrast < 1.0:
+            raise UsageError(f"augmentation contrast must be in [0, 1), got {self.contrast}")
 
     @property
     def geometric(self) -> bool:
@@ -75,7 +90,7 @@ class AugmentConfig:
     @property
     def enabled(self) -> bool:
         """True when :func:`augment_batch` would change anything."""
-        return self.geometric or self.noise > 0
+        return self.geometric or self.noise > 0 or self.contrast > 0
 
 
 @dataclass
@@ -90,6 +105,7 @@ class AugmentParams:
         angle: (N,) radians; the content turns by this angle in the (C, R) plane, from +C
             towards +R.
         noise_seed: seeds the device-side noise generator.
+        contrast: (N,) factors the HU above air are multiplied by (1.0 = unchanged).
     """
 
     flip: torch.Tensor
@@ -97,6 +113,7 @@ class AugmentParams:
     scale: torch.Tensor
     angle: torch.Tensor
     noise_seed: int
+    contrast: torch.Tensor
 
 
 def draw_params(n: int, config: AugmentConfig, generator: torch.Generator | None = None) -> AugmentParams:
@@ -123,12 +140,15 @@ def draw_params(n: int, config: AugmentConfig, generator: torch.Generator | None
     scale = 1 + (uniform(n, 3) * 2 - 1) * config.scale
     angle = uniform(n) * (2 * math.pi)
     noise_seed = int(torch.randint(_MAX_SEED, (1,), generator=generator, device=device))
+    # Drawn last, so runs without it keep every earlier draw of a given seed.
+    fade = (uniform(n) < CONTRAST_PROBABILITY) * uniform(n) * config.contrast
     return AugmentParams(
         flip=flip & bool(config.flip),
         offset=offset,  # already 0 when config.offset == 0, as are the scale deviations
         scale=scale,
         angle=angle if config.rotate else torch.zeros_like(angle),
         noise_seed=noise_seed,
+        contrast=1.0 - fade,
     )
 
 
@@ -227,6 +247,11 @@ def augment_batch(batch: torch.Tensor, config: AugmentConfig,
         # 'border' repeats edge voxels where the transform looks outside the crop, rather than
         # inventing zeros (0 HU is water, not "nothing").
         out = F.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    if config.contrast > 0:
+        # Before the noise: contrast belongs to the anatomy and the slice, noise to the detector.
+        factor = params.contrast.to(device=batch.device, dtype=torch.float32).view(-1, 1, 1, 1, 1)
+        out = (out - AIR_HU).mul_(factor).add_(AIR_HU)
 
     if config.noise > 0:
         noise_gen = torch.Generator(device=batch.device)

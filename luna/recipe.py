@@ -53,6 +53,9 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--augment-rotate", action=argparse.BooleanOptionalAction, default=True,
                           help="random rotation about the head-foot axis")
     sampling.add_argument("--augment-noise", type=float, default=25.0, help="Gaussian noise std, HU")
+    sampling.add_argument("--augment-contrast", type=float, default=AugmentConfig.contrast,
+                          help="largest loss of contrast towards air, fraction, for half of the samples "
+                               "(faint nodules from solid ones); 0 = off, as the reference")
 
     speed = parser.add_argument_group("speed")
     speed.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
@@ -67,7 +70,8 @@ def augment_config(args: argparse.Namespace) -> AugmentConfig | None:
     if not args.augmented:
         return None
     config = AugmentConfig(flip=args.augment_flip, offset=args.augment_offset, scale=args.augment_scale,
-                           rotate=args.augment_rotate, noise=args.augment_noise)
+                           rotate=args.augment_rotate, noise=args.augment_noise,
+                           contrast=args.augment_contrast)
     return config if config.enabled else None
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from luna.augment import AugmentConfig, augment_batch, build_theta, draw_params, sampling_grid
 from luna.errors import UsageError
 
-OFF = dict(flip=False, offset=0.0, scale=0.0, rotate=False, noise=0.0)
+OFF = dict(flip=False, offset=0.0, scale=0.0, rotate=False, noise=0.0, contrast=0.0)
 
 
 def only(**kwargs) -> AugmentConfig:
@@ -47,7 +47,9 @@ def test_config_defaults_and_validation():
     assert config.enabled and config.geometric
     assert not AugmentConfig(**OFF).enabled
     assert only(noise=5.0).enabled and not only(noise=5.0).geometric
-    for bad in (dict(offset=-0.1), dict(scale=1.0), dict(noise=-1.0), dict(noise=math.inf)):
+    assert only(contrast=0.5).enabled and not only(contrast=0.5).geometric
+    for bad in (dict(offset=-0.1), dict(scale=1.0), dict(noise=-1.0), dict(noise=math.inf),
+                dict(contrast=1.0), dict(contrast=-0.1)):
         with pytest.raises(UsageError):
             AugmentConfig(**bad)
 
@@ -100,6 +102,33 @@ def test_switching_a_component_off_keeps_the_other_draws():
     assert full.noise_seed == no_rotate.noise_seed
     assert torch.all(no_rotate.angle == 0)
     assert torch.all(full.angle >= 0) and torch.all(full.angle < 2 * math.pi)
+
+
+def test_contrast_draws_come_last():
+    plain = draw_params(6, AugmentConfig(contrast=0.0), gen(7))
+    faded = draw_params(6, AugmentConfig(contrast=0.6), gen(7))
+    for name in ("flip", "offset", "scale", "angle"):
+        assert torch.equal(getattr(plain, name), getattr(faded, name))
+    assert plain.noise_seed == faded.noise_seed
+    assert torch.all(plain.contrast == 1.0)
+
+
+def test_contrast_only_fades_towards_air_for_about_half_the_samples():
+    n = 400
+    batch = torch.full((n, 1, 4, 6, 6), 40.0)
+    batch[:, :, 0] = -1000.0  # a slice of air
+    out = augment_batch(batch, only(contrast=0.6), gen(15))
+    assert torch.all(out[:, :, 0] == -1000.0)  # air stays air
+    # Each sample is scaled by one factor a in [0.4, 1]: 40 HU -> -1000 + a * 1040.
+    factor = (out[:, 0, 1:] + 1000.0) / 1040.0
+    per_sample = factor.flatten(1)
+    torch.testing.assert_close(per_sample.min(1).values, per_sample.max(1).values)
+    a = per_sample[:, 0]
+    assert a.min() >= 0.4 - 1e-6 and a.max() <= 1.0 + 1e-6
+    unchanged = (a > 1 - 1e-6).float().mean().item()
+    assert 0.4 < unchanged < 0.6  # CONTRAST_PROBABILITY = 0.5
+    faded = a[a < 1 - 1e-6]
+    assert faded.min() < 0.45 and faded.max() > 0.95  # uniform over the whole range
 
 
 def test_flip_only_is_an_exact_flip_of_the_drawn_axes():
