@@ -69,7 +69,7 @@ class AugmentConfig:
     scale: float = 0.2
     rotate: bool = True
     noise: float = 25.0
-    contrast: float = 0.0
+    contrast: float = 0.6
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.offset <= 1.0:

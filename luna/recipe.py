@@ -25,7 +25,7 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--model", choices=sorted(MODELS), default="luna_bn",
                        help="architecture: luna (the reference) or luna_bn (batch norm after each conv of blocks 2-4)")
     model.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="adamw", help="optimiser")
-    model.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate")
+    model.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate")
     model.add_argument("--momentum", type=float, default=0.99, help="SGD momentum (the reference's 0.99)")
     model.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay (decoupled for adamw)")
     model.add_argument("--lr-schedule", choices=("constant", "cosine"), default="cosine",
@@ -55,7 +55,7 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--augment-noise", type=float, default=25.0, help="Gaussian noise std, HU")
     sampling.add_argument("--augment-contrast", type=float, default=AugmentConfig.contrast,
                           help="largest loss of contrast towards air, fraction, for half of the samples "
-                               "(faint nodules from solid ones); 0 = off, as the reference")
+                               "(faint nodules from solid ones); 0 = off (the reference)")
 
     speed = parser.add_argument_group("speed")
     speed.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",

@@ -42,8 +42,8 @@ def centroid(volume: torch.Tensor) -> torch.Tensor:
 
 def test_config_defaults_and_validation():
     config = AugmentConfig()
-    values = (config.flip, config.offset, config.scale, config.rotate, config.noise)
-    assert values == (True, 0.03, 0.2, True, 25.0)
+    values = (config.flip, config.offset, config.scale, config.rotate, config.noise, config.contrast)
+    assert values == (True, 0.03, 0.2, True, 25.0, 0.6)
     assert config.enabled and config.geometric
     assert not AugmentConfig(**OFF).enabled
     assert only(noise=5.0).enabled and not only(noise=5.0).geometric

@@ -18,12 +18,15 @@ def _args(*argv):
 def test_defaults_are_the_working_recipe():
     a = _args()
     assert (a.model, a.optimizer, a.balanced, a.augmented, a.lr_schedule) == ("luna_bn", "adamw", 1, True, "cosine")
-    assert a.hard_negatives == 0.5
+    assert a.hard_negatives == 0.5 and a.lr == 2e-3
     cfg = augment_config(a)
     assert cfg.flip and cfg.rotate and cfg.offset == 0.03 and cfg.scale == 0.2 and cfg.noise == 25.0
+    assert cfg.contrast == 0.6
     assert augment_config(_args("--no-augmented")) is None
     assert augment_config(_args("--no-augment-flip", "--augment-offset", "0", "--augment-scale", "0",
-                                "--no-augment-rotate", "--augment-noise", "0")) is None
+                                "--no-augment-rotate", "--augment-noise", "0", "--augment-contrast", "0")) is None
+    assert augment_config(_args("--no-augment-flip", "--augment-offset", "0", "--augment-scale", "0",
+                                "--no-augment-rotate", "--augment-noise", "0")).contrast == 0.6
 
 
 def test_reference_optimizer_by_flags():
