@@ -152,6 +152,8 @@ class LunaTrainingApp:
             log.info("Starting %s, %s", type(self).__name__, a)
         seed_everything(a.seed, ctx.rank)
         perf = resolve_performance(a, ctx.device)
+        # Built before any work so a bad strength is reported at once, not after the cache fill.
+        augment = augment_config(a)
         if ctx.device.type == "cuda":
             # Fixed input shapes: let cuDNN time its algorithms once and keep the fastest.
             torch.backends.cudnn.benchmark = True
@@ -182,7 +184,7 @@ class LunaTrainingApp:
 
         # Reseeded every epoch from (seed, rank, epoch): a resumed run draws what it would have.
         generator = torch.Generator()
-        step_cfg = StepConfig(ctx.device, perf.precision, perf.channels_last, augment_config(a))
+        step_cfg = StepConfig(ctx.device, perf.precision, perf.channels_last, augment)
         scorer = ValidationScorer(val_ds, a.annotations, a.excluded) if ctx.is_primary else None
         runlog = saver = None
         if ctx.is_primary:

@@ -133,3 +133,14 @@ def test_compiled_run_saves_plain_checkpoints(data, tmp_path):
     ckpt = torch.load(_run_dir(tmp_path) / "last.pt", weights_only=True)
     assert not any(name.startswith(("_orig_mod.", "module.")) for name in ckpt["model_state"])
     build_model(ckpt["model_config"]).load_state_dict(ckpt["model_state"])  # strict
+
+
+@pytest.mark.parametrize("flag, value", [("--augment-contrast", "1.5"), ("--augment-offset", "-0.1")])
+def test_bad_augmentation_is_one_line_before_any_work(data, tmp_path, flag, value):
+    done = subprocess.run([sys.executable, "-m", "luna.training", *_argv(data, tmp_path, flag, value)],
+                          capture_output=True, text=True)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert len(errors) == 1 and "augmentation" in errors[0] and value in errors[0], done.stderr[-2000:]
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
