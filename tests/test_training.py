@@ -48,8 +48,8 @@ def test_help_lists_reference_flags(capsys):
     out = capsys.readouterr().out
     for flag in ("--num-workers", "--batch-size", "--epochs", "--tb-prefix", "comment", "--lr", "--momentum",
                  "--optimizer", "--balanced", "--epoch-size", "--augmented", "--augment-flip", "--augment-offset",
-                 "--augment-scale", "--augment-rotate", "--augment-noise", "--resume", "--seed", "--precision",
-                 "--crop-edge"):
+                 "--augment-scale", "--augment-rotate", "--augment-noise", "--augment-contrast", "--resume", "--seed",
+                 "--precision", "--crop-edge"):
         assert flag in out, flag
     assert "(default: 32)" in out
 
