@@ -13,7 +13,7 @@ import shlex
 import sys
 from typing import Callable, Sequence
 
-from luna.errors import LunaError
+from luna.errors import LunaError, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,15 @@ def run_app(app_factory: Callable[[Sequence[str] | None], object], argv: Sequenc
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # A full disk is the machine's state, not a bug: say where, without a traceback.
+        # (Every file luna writes for later is atomic, so what was there before is intact.)
+        if debug or not is_disk_full(exc):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"{name}: error: no space left on the device{where}; free some space and run again "
+              f"({exc.strerror or exc})", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import shutil
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -32,13 +33,23 @@ from luna.atomic import atomic_open
 from luna.candidates import check_series_uid
 from luna.config import CropConfig
 from luna.ct import Ct
-from luna.errors import DataError
+from luna.errors import DataError, is_disk_full
 from luna.progress import enumerate_with_estimate
 
 log = logging.getLogger(__name__)
 
 # Open memory maps per process; each holds a file descriptor, so keep the count bounded.
 MAX_OPEN_ENTRIES = 64
+# Headroom kept free when filling: the rest of the machine needs the disk too.
+FREE_SPACE_MARGIN_BYTES = 256 * 2 ** 20
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system that holds ``path`` (or would hold it, if it does not exist yet)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def centers_digest(centers_xyz: Sequence[Sequence[float]]) -> str:
@@ -107,8 +118,15 @@ class CropCache:
         self.root.mkdir(parents=True, exist_ok=True)
         # Drop the old marker first: between the two writes no reader may pair it with new crops.
         json_path.unlink(missing_ok=True)
-        with atomic_open(npy_path, durable=True) as handle:
-            np.save(handle, crops, allow_pickle=False)
+        try:
+            with atomic_open(npy_path, durable=True) as handle:
+                np.save(handle, crops, allow_pickle=False)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            # atomic_open removed its temp file: the cache holds no partial entry.
+            raise DataError(f"crop cache {npy_path}: no space left on the device for {crops.nbytes / 1e9:.2f} GB "
+                            f"of crops; free some space or point --cache-dir at another disk") from None
         meta = {"series_uid": series_uid, "count": len(centers_xyz),
                 "crop": self.crop.as_dict() | {"shape_irc": list(self.crop.shape_irc)},
                 "source": source_stamp(mhd_path), "npy_bytes": npy_path.stat().st_size,
@@ -180,6 +198,13 @@ def fill_cache(cache: CropCache, series_paths: dict[str, Path],
              len(centers_by_series) - len(jobs), len(centers_by_series), len(jobs), n_candidates, cache.root)
     if not jobs:
         return 0
+    # Fail before minutes of work rather than with a full disk half-way through.
+    needed = n_candidates * int(np.prod(cache.crop.shape_irc)) * np.dtype(np.int16).itemsize
+    free = free_bytes(cache.root)
+    if needed + FREE_SPACE_MARGIN_BYTES > free:
+        raise DataError(f"crop cache {cache.root}: {n_candidates:,} crops need {needed / 1e9:.1f} GB and "
+                        f"{free / 1e9:.1f} GB are free on that disk; free some space or point --cache-dir "
+                        f"at another disk")
     start = time.monotonic()
     if num_workers == 0 or len(jobs) == 1:
         results = map(_build_job, jobs)

@@ -1,4 +1,5 @@
 """The luna command: dispatch, --help of every app, one-line errors and their exit codes."""
+import errno
 import subprocess
 import sys
 
@@ -42,6 +43,31 @@ def test_data_error_is_one_line_exit_1_and_debug_shows_the_traceback(tmp_path, c
     assert not any("Traceback" in line for line in err)
     with pytest.raises(DataError):
         run_app(LunaPrepCacheApp, argv + ["--debug"])
+
+
+class _Failing:
+    """An app whose main raises the given error (what any command meets on a full disk)."""
+
+    error: OSError
+
+    def __init__(self, argv):
+        pass
+
+    def main(self):
+        raise self.error
+
+
+def test_full_disk_is_one_line_exit_1_other_os_errors_keep_their_traceback(capsys):
+    _Failing.error = OSError(errno.ENOSPC, "No space left on device", "runs/x/summary.csv")
+    assert run_app(_Failing, [], prog="luna train") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["luna train: error: no space left on the device writing runs/x/summary.csv; "
+                   "free some space and run again (No space left on device)"]
+    with pytest.raises(OSError):
+        run_app(_Failing, ["--debug"])
+    _Failing.error = OSError(errno.EIO, "Input/output error")  # not the user's doing: a bug or a broken disk
+    with pytest.raises(OSError):
+        run_app(_Failing, [])
 
 
 def test_usage_error_exit_2(capsys):

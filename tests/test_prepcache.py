@@ -99,3 +99,41 @@ def test_help_lists_every_flag_with_default(capsys):
     for flag in ("--data-dir", "--cache-dir", "--num-workers", "--candidates", "--annotations", "--series"):
         assert flag in out
     assert "(default:" in out
+
+
+def test_too_little_disk_is_one_line_before_any_work(tiny_luna, tmp_path, capsys, monkeypatch):
+    # The disk's free space is the environment, not luna: report a nearly full one.
+    import shutil
+
+    real = shutil.disk_usage
+    monkeypatch.setattr("luna.cache.shutil.disk_usage",
+                        lambda path: real(path)._replace(free=50 * 2 ** 20))
+    cache_dir = tmp_path / "cache"
+    code = run_app(LunaPrepCacheApp, ["--data-dir", str(tiny_luna["root"]), "--cache-dir", str(cache_dir),
+                                      "--num-workers", "0"], prog="luna prepcache")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("luna prepcache: error: crop cache ") and "GB are free" in err[-1]
+    assert "Traceback" not in "\n".join(err)
+    assert not [p for p in cache_dir.rglob("*") if p.is_file()]
+
+
+def test_disk_full_while_writing_keeps_earlier_entries(tiny_luna, tmp_path, capsys, monkeypatch):
+    root, cache_dir = tiny_luna["root"], tmp_path / "cache"
+    assert run_app(LunaPrepCacheApp, ["--data-dir", str(root), "--cache-dir", str(cache_dir),
+                                      "--series", tiny_luna["uids"][0]]) == 0
+    before = {p: p.read_bytes() for p in cache_dir.rglob("*") if p.is_file()}
+    assert before
+
+    def full_disk(*args, **kwargs):  # what numpy raises when the disk fills during a write
+        raise OSError("Not enough free space to write 1179648 bytes after offset 128")
+
+    monkeypatch.setattr("luna.cache.np.save", full_disk)
+    code = run_app(LunaPrepCacheApp, ["--data-dir", str(root), "--cache-dir", str(cache_dir),
+                                      "--num-workers", "0"], prog="luna prepcache")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("luna prepcache: error: crop cache ") and "no space left" in err[-1]
+    assert ".npy" in err[-1] and "Traceback" not in "\n".join(err)
+    after = {p: p.read_bytes() for p in cache_dir.rglob("*") if p.is_file()}
+    assert after == before  # the finished entry is intact and no partial one or temp file is left
