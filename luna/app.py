@@ -84,6 +84,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def run_app(app_factory: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None,
             prog: str | None = None) -> int:
     """Build and run an app; return the process exit status.

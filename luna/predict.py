@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from torch import nn
 
-from luna.app import HelpFormatter, add_common_args, positive_int, run_app
+from luna.app import HelpFormatter, add_common_args, non_negative_float, positive_int, run_app
 from luna.atomic import atomic_open
 from luna.candidates import (CandidateInfo, find_annotations_csv, find_series_files, get_candidate_info_list,
                              split_candidates)
@@ -35,6 +35,7 @@ from luna.model import VIEW_COUNTS, build_model, prepare_model
 from luna.progress import enumerate_with_estimate
 from luna.recipe import resolve_performance
 from luna.scoring import ScanJob, iter_scan_scores
+from luna.suppression import NMS_RADIUS_MM, SUPPRESSED_SCALE, suppress_neighbours
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta-views", type=int, choices=VIEW_COUNTS, default=8,
                         help="test-time augmentation: average the model over this many in-plane symmetric "
                              "views of each crop (turns, mirror images); 1 = off, the compute grows with it")
+    parser.add_argument("--nms-mm", type=non_negative_float, default=NMS_RADIUS_MM,
+                        help="non-maximum suppression: a candidate closer than this to a higher-scoring "
+                             f"one of its scan is taken as the same finding and its probability is scaled by "
+                             f"{SUPPRESSED_SCALE:g} (every row is still written); 0 = off")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="autocast dtype; auto: bf16 where the device supports it, else fp32")
@@ -179,11 +184,12 @@ def make_jobs(candidates: Sequence[CandidateInfo], series_paths: dict[str, Path]
     return [ScanJob(uid, series_paths[uid], centers[uid]) for uid in sorted(centers)]
 
 
-def write_results(path: Path, scored: Iterable[tuple[ScanJob, np.ndarray]]) -> int:
+def write_results(path: Path, scored: Iterable[tuple[ScanJob, np.ndarray]], nms_mm: float = 0.0) -> int:
     """Write a LUNA16 results file atomically, consuming ``scored`` as it goes.
 
     Rows go to a temp file beside ``path`` that replaces it only once every scan is scored:
-    an error half-way leaves no file, or the previous one untouched.
+    an error half-way leaves no file, or the previous one untouched. ``nms_mm`` > 0 applies
+    :func:`luna.suppression.suppress_neighbours` to each scan's probabilities first.
 
     Returns:
         The number of rows written.
@@ -193,6 +199,7 @@ def write_results(path: Path, scored: Iterable[tuple[ScanJob, np.ndarray]]) -> i
         writer = csv.writer(handle)
         writer.writerow(RESULT_COLUMNS)
         for job, probabilities in scored:
+            probabilities = suppress_neighbours(np.asarray(job.centers_xyz), probabilities, nms_mm)
             # repr gives back the candidate's coordinates exactly as the CSV had them.
             writer.writerows([job.series_uid, repr(float(x)), repr(float(y)), repr(float(z)), f"{p:.6g}"]
                              for (x, y, z), p in zip(job.centers_xyz, probabilities.tolist()))
@@ -246,14 +253,15 @@ class LunaPredictApp:
         if args.tta_views == 8 and crop.shape_irc[1] != crop.shape_irc[2]:
             raise UsageError(f"--tta-views 8 needs square crops, the model takes {crop.shape_irc}; use 4")
         log.info("Scoring %d candidates of %d scans (%s split, val_stride=%d, split=%s) with %s epoch %s "
-                 "on %s, %s, channels_last=%s, crop edge %s, %d view(s)", len(selected), len(jobs), split,
-                 val_stride, split_mode, ckpt_path, ckpt.get("epoch", "?"), device, perf.precision, perf.channels_last,
-                 crop.edge, args.tta_views)
+                 "on %s, %s, channels_last=%s, crop edge %s, %d view(s), NMS radius %g mm", len(selected), len(jobs),
+                 split, val_stride, split_mode, ckpt_path, ckpt.get("epoch", "?"), device, perf.precision,
+                 perf.channels_last, crop.edge, args.tta_views, args.nms_mm)
 
         out.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         scored = iter_scan_scores(model, jobs, step_cfg, args.batch_size, crop, args.tta_views, args.prefetch)
-        rows = write_results(out, (item for _, item in enumerate_with_estimate(scored, "Scoring", total=len(jobs))))
+        rows = write_results(out, (item for _, item in enumerate_with_estimate(scored, "Scoring", total=len(jobs))),
+                             args.nms_mm)
         seconds = time.perf_counter() - started
         log.info("Scored %d scans, %d candidates in %.1f s (%.1f candidates/s); wrote %s",
                  len(jobs), rows, seconds, rows / max(seconds, 1e-9), out)

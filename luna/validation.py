@@ -1,4 +1,8 @@
-"""Validation CPM during training: per-sample probabilities -> LUNA16 FROC on held-out scans."""
+"""Validation CPM during training: per-sample probabilities -> LUNA16 FROC on held-out scans.
+
+The probabilities go through the same non-maximum suppression as ``luna predict``'s default
+(:mod:`luna.suppression`), so the epoch's CPM is measured the way a user's results file is.
+"""
 from __future__ import annotations
 
 import logging
@@ -13,6 +17,7 @@ from luna.errors import DataError
 from luna.froc import FP_RATES, compute_cpm
 from luna.luna16_files import read_annotations, write_predictions
 from luna.metrics import METRICS_PRED_NDX
+from luna.suppression import NMS_RADIUS_MM, suppress_neighbours
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +29,15 @@ class ValidationScorer:
         val_ds: the validation dataset (its candidates give uids and centres).
         annotations_csv: default: ``annotations.csv`` found in the data dir.
         excluded_csv: default: ``annotations_excluded.csv`` in the data dir, when present.
+        nms_mm: non-maximum suppression radius (:mod:`luna.suppression`); 0 = off.
     """
 
     fp_rates = FP_RATES
 
     def __init__(self, val_ds: LunaDataset, annotations_csv: Path | None = None,
-                 excluded_csv: Path | None = None):
+                 excluded_csv: Path | None = None, nms_mm: float = NMS_RADIUS_MM):
         self.val_ds = val_ds
+        self.nms_mm = nms_mm
         self.series_list = sorted({c.series_uid for c in val_ds.candidates})
         annotations_csv = annotations_csv or find_csv(val_ds.data_dir, ANNOTATION_FILE_NAMES, "annotations")
         self.annotations = read_annotations(annotations_csv)
@@ -43,16 +50,20 @@ class ValidationScorer:
         self.centers_xyz = np.array([c.center_xyz for c in val_ds.candidates], dtype=np.float64)
         self.uids = np.array([c.series_uid for c in val_ds.candidates])
 
+    def _probabilities(self, metrics_t: torch.Tensor, ndx: np.ndarray) -> np.ndarray:
+        return suppress_neighbours(self.centers_xyz[ndx], metrics_t[METRICS_PRED_NDX].numpy(), self.nms_mm,
+                                   self.uids[ndx])
+
     def score(self, metrics_t: torch.Tensor, cand_ndx: torch.Tensor) -> dict[str, float]:
         """``froc/cpm`` and ``froc/sens@<rate>`` of the validation predictions."""
         ndx = cand_ndx.numpy()
-        result = compute_cpm(self.uids[ndx], self.centers_xyz[ndx], metrics_t[METRICS_PRED_NDX].numpy(),
+        result = compute_cpm(self.uids[ndx], self.centers_xyz[ndx], self._probabilities(metrics_t, ndx),
                              self.annotations, self.excluded, self.series_list)
         out = {"froc/cpm": float(result.cpm)}
         out.update({f"froc/sens@{rate:g}": float(result.sensitivity_at[rate]) for rate in FP_RATES})
         return out
 
     def write(self, path: Path, metrics_t: torch.Tensor, cand_ndx: torch.Tensor) -> Path:
-        """The epoch's validation probabilities as a LUNA16 results file (for `luna evaluate`)."""
+        """The epoch's validation probabilities (after suppression) as a LUNA16 results file."""
         ndx = cand_ndx.numpy()
-        return write_predictions(path, self.uids[ndx], self.centers_xyz[ndx], metrics_t[METRICS_PRED_NDX].numpy())
+        return write_predictions(path, self.uids[ndx], self.centers_xyz[ndx], self._probabilities(metrics_t, ndx))

@@ -17,6 +17,7 @@ from luna.config import CropConfig
 from luna.dataset import LunaDataset
 from luna.luna16_files import read_predictions
 from luna.predict import RESULT_COLUMNS, LunaPredictApp
+from luna.suppression import NMS_RADIUS_MM, suppress_neighbours
 
 from tests.conftest import make_spread_model, make_tiny_luna
 
@@ -72,7 +73,8 @@ def test_val_split_scores_match_the_dataset(setup, tmp_path, monkeypatch, crop_e
     before = files_under(setup["root"])
     out = tmp_path / "out" / "val.csv"
     assert predict("--checkpoint", str(ckpt_path), "--data-dir", str(setup["data"]["root"]),
-                   "--precision", "fp32", "--out", str(out), *(["--tta-views", views] if views else [])) == 0
+                   "--precision", "fp32", "--out", str(out), "--nms-mm", "0",
+                   *(["--tta-views", views] if views else [])) == 0
 
     header, rows = read_results(out)
     assert header == list(RESULT_COLUMNS)
@@ -105,6 +107,40 @@ def test_val_split_scores_match_the_dataset(setup, tmp_path, monkeypatch, crop_e
     assert ((0.01 < expected_a) & (expected_a < 0.99)).all(), "saturated: the comparison would prove nothing"
     assert ((0 <= got_a) & (got_a <= 1)).all()
     np.testing.assert_allclose(got_a, expected_a, atol=1e-3)
+
+
+def test_default_nms_lowers_near_neighbours_only(setup, tmp_path):
+    """The default results equal the raw ones after per-scan suppression, and it bites here."""
+    # Each candidate gets a twin 3 mm away (the tiny scans' own candidates lie far apart), towards
+    # another candidate of its scan, so the twin stays inside the scan.
+    candidates = tmp_path / "candidates.csv"
+    rows = setup["data"]["candidates"]
+    with open(candidates, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["seriesuid", "coordX", "coordY", "coordZ", "class"])
+        for uid, x, y, z, label in rows:
+            here = np.array([x, y, z], dtype=float)
+            other = next(np.array(r[1:4], dtype=float) for r in rows
+                         if r[0] == uid and np.linalg.norm(np.array(r[1:4], dtype=float) - here) > 3)
+            twin = here + 3.0 * (other - here) / np.linalg.norm(other - here)
+            writer.writerows([[uid, x, y, z, label], [uid, *twin.tolist(), 0]])
+    common = ["--checkpoint", str(setup["ckpt"]), "--split", "all", "--precision", "fp32", "--tta-views", "1",
+              "--candidates", str(candidates)]
+    raw_csv, nms_csv = tmp_path / "raw.csv", tmp_path / "nms.csv"
+    assert predict(*common, "--nms-mm", "0", "--out", str(raw_csv)) == 0
+    assert predict(*common, "--out", str(nms_csv)) == 0
+    raw, nms = read_predictions(raw_csv), read_predictions(nms_csv)
+    assert raw.series_uids.tolist() == nms.series_uids.tolist()
+    np.testing.assert_array_equal(raw.centers_xyz, nms.centers_xyz)
+    expected = suppress_neighbours(raw.centers_xyz, raw.probabilities, NMS_RADIUS_MM, raw.series_uids)
+    np.testing.assert_allclose(nms.probabilities, expected, rtol=1e-5)
+    lowered = nms.probabilities < raw.probabilities * 0.5
+    assert 0 < lowered.sum() < len(lowered)  # some rows suppressed, not all
+    # Every lowered row has a neighbour in its scan, closer than the radius, that scores as high.
+    for i in np.flatnonzero(lowered):
+        same = raw.series_uids == raw.series_uids[i]
+        near = np.linalg.norm(raw.centers_xyz - raw.centers_xyz[i], axis=1) < NMS_RADIUS_MM
+        assert (raw.probabilities[same & near] >= raw.probabilities[i]).sum() >= 2  # itself and another
 
 
 def test_splits_partition_the_scans_and_default_out(setup, tmp_path):
@@ -202,8 +238,15 @@ def test_help(capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--checkpoint", "--data-dir", "--series", "--split", "--out", "--batch-size", "--device",
-                 "--precision", "--tta-views"):
+                 "--precision", "--tta-views", "--nms-mm"):
         assert flag in text
+
+
+def test_negative_nms_radius_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        LunaPredictApp(["--checkpoint", "x.pt", "--nms-mm", "-1"])
+    assert exc.value.code == 2
+    assert "--nms-mm: must be a finite number >= 0, got -1" in capsys.readouterr().err
 
 
 def test_out_that_is_a_directory_is_a_usage_error(setup, tmp_path, capsys):
