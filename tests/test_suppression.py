@@ -1,9 +1,15 @@
-"""Non-maximum suppression: hand-built cases, then properties on random candidates."""
+"""Non-maximum suppression: hand-built cases, properties on random candidates, and the ensemble script."""
 from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from luna.luna16_files import read_predictions
 from luna.suppression import SUPPRESSED_SCALE, suppress_neighbours, suppressed_mask
 
 
@@ -71,3 +77,42 @@ def test_properties_on_random_scans(seed):
     # A monotone rescaling of the scores suppresses the same candidates.
     np.testing.assert_array_equal(suppress_neighbours(centers, probabilities ** 3, 10, uids) < probabilities ** 3,
                                   suppressed)
+
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "average_predictions.py"
+
+
+def write_results(path: Path, rows: list[tuple[str, float, float, float, float]]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["seriesuid", "coordX", "coordY", "coordZ", "probability"])
+        writer.writerows(rows)
+    return path
+
+
+def test_average_predictions_script_means_logits_then_suppresses(tmp_path):
+    a = write_results(tmp_path / "a.csv", [("1.2.3", 0.0, 0.0, 0.0, 0.9), ("1.2.3", 5.0, 0.0, 0.0, 0.5),
+                                           ("1.2.4", 0.0, 0.0, 0.0, 0.2)])
+    # Same candidates, another row order.
+    b = write_results(tmp_path / "b.csv", [("1.2.4", 0.0, 0.0, 0.0, 0.2), ("1.2.3", 5.0, 0.0, 0.0, 0.5),
+                                           ("1.2.3", 0.0, 0.0, 0.0, 0.5)])
+    logit = np.log(0.9 / 0.1) / 2   # mean of logit(0.9) and logit(0.5) = 0
+    for nms, second in (("0", 0.5), ("10", 0.5 * SUPPRESSED_SCALE)):
+        out = tmp_path / f"mean{nms}.csv"
+        done = subprocess.run([sys.executable, str(SCRIPT), str(out), str(a), str(b), "--nms-mm", nms],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        got = read_predictions(out)
+        assert got.series_uids.tolist() == ["1.2.3", "1.2.3", "1.2.4"]
+        np.testing.assert_allclose(got.probabilities, [1 / (1 + np.exp(-logit)), second, 0.2], rtol=1e-5)
+
+
+def test_average_predictions_script_bad_input_is_one_line(tmp_path):
+    a = write_results(tmp_path / "a.csv", [("1.2.3", 0.0, 0.0, 0.0, 0.9)])
+    other = write_results(tmp_path / "other.csv", [("1.2.3", 1.0, 0.0, 0.0, 0.9)])
+    for bad, word in ((other, "does not hold the same candidates"), (tmp_path / "missing.csv", "missing.csv")):
+        out = tmp_path / "out.csv"
+        done = subprocess.run([sys.executable, str(SCRIPT), str(out), str(a), str(bad)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1 and word in done.stderr, done.stderr
+        assert not out.exists()
