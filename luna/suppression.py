@@ -47,14 +47,13 @@ def suppressed_mask(centers_xyz: np.ndarray, probabilities: np.ndarray, radius_m
         return suppressed
     # A strict "closer than": query a hair inside the radius (distances are in mm).
     neighbours = cKDTree(centers_xyz).query_ball_point(centers_xyz, np.nextafter(radius_mm, 0))
-    rank = np.empty(len(probabilities), dtype=np.int64)
-    order = np.argsort(-probabilities, kind="stable")
-    rank[order] = np.arange(len(order))
-    for i in order:
+    for i in np.argsort(-probabilities, kind="stable"):
         if suppressed[i]:
             continue  # a suppressed candidate suppresses nothing: it is not a detection
-        later = [j for j in neighbours[i] if rank[j] > rank[i]]
-        suppressed[later] = True
+        # No kept candidate lies within reach of i (it would have suppressed i), so every other
+        # neighbour is lower-ranked or already suppressed.
+        suppressed[neighbours[i]] = True
+        suppressed[i] = False
     return suppressed
 
 

@@ -224,7 +224,7 @@ class LunaTrainingApp:
                 continue
             trn_metrics = compute_epoch_metrics(trn_t, a.threshold)
             val_metrics = compute_epoch_metrics(val_t, a.threshold)
-            val_metrics.update(scorer.score(val_t, val_ndx))
+            val_metrics.update(scorer.score(val_t, val_ndx, run_dir / "val_predictions.csv"))
             for mode, metrics in (("trn", trn_metrics), ("val", val_metrics)):
                 for line in format_epoch_lines(epoch, mode, metrics):
                     log.info(line)
@@ -233,7 +233,6 @@ class LunaTrainingApp:
                          epoch, val_metrics["froc/cpm"],
                          " ".join(f"{val_metrics[f'froc/sens@{r:g}']:.2f}" for r in scorer.fp_rates),
                          val_metrics[RECALL_AT_GOAL_KEY], GOAL_PRECISION)
-            scorer.write(run_dir / "val_predictions.csv", val_t, val_ndx)
             runlog.log_epoch("trn", trn_metrics, trn_t, samples_seen)
             runlog.log_epoch("val", val_metrics, val_t, samples_seen)
             runlog.flush()

@@ -50,20 +50,22 @@ class ValidationScorer:
         self.centers_xyz = np.array([c.center_xyz for c in val_ds.candidates], dtype=np.float64)
         self.uids = np.array([c.series_uid for c in val_ds.candidates])
 
-    def _probabilities(self, metrics_t: torch.Tensor, ndx: np.ndarray) -> np.ndarray:
-        return suppress_neighbours(self.centers_xyz[ndx], metrics_t[METRICS_PRED_NDX].numpy(), self.nms_mm,
-                                   self.uids[ndx])
+    def score(self, metrics_t: torch.Tensor, cand_ndx: torch.Tensor,
+              predictions_path: Path | None = None) -> dict[str, float]:
+        """``froc/cpm`` and ``froc/sens@<rate>`` of the validation predictions.
 
-    def score(self, metrics_t: torch.Tensor, cand_ndx: torch.Tensor) -> dict[str, float]:
-        """``froc/cpm`` and ``froc/sens@<rate>`` of the validation predictions."""
+        Args:
+            metrics_t: the epoch's per-sample metrics tensor.
+            cand_ndx: the validation candidate index of each of its columns.
+            predictions_path: if given, the suppressed probabilities are also written there as a
+                LUNA16 results file (for ``luna evaluate``), from the same single suppression pass.
+        """
         ndx = cand_ndx.numpy()
-        result = compute_cpm(self.uids[ndx], self.centers_xyz[ndx], self._probabilities(metrics_t, ndx),
-                             self.annotations, self.excluded, self.series_list)
+        uids, centers_xyz = self.uids[ndx], self.centers_xyz[ndx]
+        probabilities = suppress_neighbours(centers_xyz, metrics_t[METRICS_PRED_NDX].numpy(), self.nms_mm, uids)
+        result = compute_cpm(uids, centers_xyz, probabilities, self.annotations, self.excluded, self.series_list)
+        if predictions_path is not None:
+            write_predictions(predictions_path, uids, centers_xyz, probabilities)
         out = {"froc/cpm": float(result.cpm)}
         out.update({f"froc/sens@{rate:g}": float(result.sensitivity_at[rate]) for rate in FP_RATES})
         return out
-
-    def write(self, path: Path, metrics_t: torch.Tensor, cand_ndx: torch.Tensor) -> Path:
-        """The epoch's validation probabilities (after suppression) as a LUNA16 results file."""
-        ndx = cand_ndx.numpy()
-        return write_predictions(path, self.uids[ndx], self.centers_xyz[ndx], self._probabilities(metrics_t, ndx))

@@ -25,7 +25,7 @@ def test_cpm_and_written_file_use_the_suppressed_probabilities(tiny_luna, tmp_pa
     # Scored in a shuffled order, as a distributed sampler may hand them back.
     cand_ndx = torch.from_numpy(rng.permutation(n))
 
-    got = scorer.score(metrics_t, cand_ndx)
+    got = scorer.score(metrics_t, cand_ndx, tmp_path / "val.csv")
     uids = np.array([val_ds.candidates[i].series_uid for i in cand_ndx.tolist()])
     centers = np.array([val_ds.candidates[i].center_xyz for i in cand_ndx.tolist()], dtype=float)
     raw = metrics_t[METRICS_PRED_NDX].numpy()
@@ -37,6 +37,6 @@ def test_cpm_and_written_file_use_the_suppressed_probabilities(tiny_luna, tmp_pa
     assert got["froc/cpm"] == float(expected.cpm)
     assert set(got) == {"froc/cpm"} | {f"froc/sens@{rate:g}" for rate in scorer.fp_rates}
 
-    written = read_predictions(scorer.write(tmp_path / "val.csv", metrics_t, cand_ndx))
+    written = read_predictions(tmp_path / "val.csv")
     assert written.series_uids.tolist() == uids.tolist()
     np.testing.assert_allclose(written.probabilities, suppressed, rtol=1e-5)
