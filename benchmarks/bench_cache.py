@@ -92,7 +92,7 @@ def child_fill(design: str, data_dir: Path, cache_dir: Path, workers: int) -> No
     # Creating the reference's 64 shard databases is a one-off cost: timed apart from the fill.
     started = time.perf_counter()
     # The reference's crop rule, so that both designs hold the same samples.
-    cache = CropCache(cache_dir, CropConfig(edge="shift")) if design == "ours" else reference_cache.ReferenceCache(
+    cache = CropCache(cache_dir, CropConfig(edge="shift", voxel_mm=0.0)) if design == "ours" else reference_cache.ReferenceCache(
         cache_dir, series_paths, design)
     setup = time.perf_counter() - started
     started = time.perf_counter()
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
 
         # --- 3. warm reads, one process
         ours = LunaDataset(data_dir, val_stride=0, cache_dir=cache_dirs["ours"], candidate_info_list=candidates,
-                           crop=CropConfig(edge="shift"))
+                           crop=CropConfig(edge="shift", voxel_mm=0.0))
         refs = {design: reference_cache.ReferenceDataset(
             reference_cache.ReferenceCache(cache_dirs[design], series_paths, design), candidates)
             for design in cache_dirs if design != "ours"}

@@ -163,7 +163,7 @@ def run_ours(work: Path, data_dir: Path, cache_dir: Path, comment: str, extra: l
              "--tb-prefix", "bench", "--val-stride", str(val_stride), "--split", "scan",
              "--num-workers", str(NUM_WORKERS), "--batch-size", str(BATCH_SIZE), "--epochs", str(epochs),
              "--seed", str(SEED), "--device", "cpu", "--precision", "auto", "--channels-last", "auto",
-             "--best-metric", "auc/roc", "--crop-edge", CROP_EDGE, *extra, comment]
+             "--best-metric", "auc/roc", "--crop-edge", CROP_EDGE, "--crop-mm", "0", *extra, comment]
     trace = watch([sys.executable, "-m", "luna.training", *flags])
     summary = next((runs_dir / "bench").glob(f"*-{comment}/summary.csv"))
     result, seen = [], 0
@@ -261,7 +261,7 @@ def fill_caches(data_dir: Path, ours_dir: Path, ref_dir: Path) -> tuple[float, f
     for info in candidates:  # entry rows in full-list order, as LunaDataset keys them
         centers[info.series_uid].append(tuple(info.center_xyz))
     started = time.perf_counter()
-    fill_cache(CropCache(ours_dir, CropConfig(edge=CROP_EDGE)), series_paths, centers, NUM_WORKERS)
+    fill_cache(CropCache(ours_dir, CropConfig(edge=CROP_EDGE, voxel_mm=0.0)), series_paths, centers, NUM_WORKERS)
     ours_s = time.perf_counter() - started
     started = time.perf_counter()
     cache = reference_cache.ReferenceCache(ref_dir, series_paths, "gzip")
@@ -280,7 +280,7 @@ def check_same_samples(data_dir: Path, ours_dir: Path, ref_dir: Path, val_stride
     from luna.dataset import LunaDataset
 
     ours = LunaDataset(data_dir, val_stride=val_stride, is_val=False, split="scan", cache_dir=ours_dir,
-                       return_index=True, crop=CropConfig(edge=CROP_EDGE), crop_dtype=torch.int16)
+                       return_index=True, crop=CropConfig(edge=CROP_EDGE, voxel_mm=0.0), crop_dtype=torch.int16)
     ref = IndexedReferenceDataset(reference_cache.ReferenceCache(ref_dir, find_series_files(data_dir), "gzip"),
                                   split_candidates(ours.candidates, 0, False))
     picks = np.linspace(0, len(ours) - 1, min(n, len(ours))).astype(int)

@@ -92,6 +92,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def crop_voxel_mm(text: str) -> float:
+    """argparse type: 0 (crop the scan's own voxels) or an isotropic voxel size of 0.1-10 mm."""
+    value = non_negative_float(text)
+    if value and not 0.1 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"must be 0 or a voxel size of 0.1-10 mm, got {text}")
+    return value
+
+
 def run_app(app_factory: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None,
             prog: str | None = None) -> int:
     """Build and run an app; return the process exit status.

@@ -111,7 +111,8 @@ class CropCache:
         crops = np.empty((len(centers_xyz), *self.crop.shape_irc), dtype=np.int16)
         centers_irc = []
         for row, center_xyz in enumerate(centers_xyz):
-            crops[row], center_irc = ct.get_raw_candidate(center_xyz, self.crop.shape_irc, self.crop.edge)
+            crops[row], center_irc = ct.get_raw_candidate(center_xyz, self.crop.shape_irc, self.crop.edge,
+                                                          self.crop.voxel_mm)
             centers_irc.append(list(center_irc))
         digest = centers_digest(centers_xyz)
         npy_path, json_path = self.entry_paths(series_uid, digest)

@@ -24,6 +24,11 @@ CROP_SHAPE_IRC = (32, 48, 48)
 CROP_EDGES = ("pad", "shift")
 CROP_EDGE = "pad"
 
+# Crops are cut from the scan's own voxel grid (0, the reference) or from the scan resampled to
+# isotropic voxels of this many mm, so that a nodule has the same shape in voxels whatever the
+# slice thickness. 0 keeps the scan's grid.
+CROP_VOXEL_MM = 0.0
+
 
 @dataclass(frozen=True)
 class CropConfig:
@@ -34,21 +39,27 @@ class CropConfig:
         hu_min: lower clip bound in HU.
         hu_max: upper clip bound in HU.
         edge: ``"pad"`` or ``"shift"``, see :data:`CROP_EDGE`.
+        voxel_mm: isotropic voxel size the scan is resampled to before cropping; 0 (the
+            reference) crops the scan's own voxels. See :data:`CROP_VOXEL_MM`.
     """
 
     shape_irc: tuple[int, int, int] = CROP_SHAPE_IRC
     hu_min: int = HU_MIN
     hu_max: int = HU_MAX
     edge: str = CROP_EDGE
+    voxel_mm: float = CROP_VOXEL_MM
 
     def __post_init__(self) -> None:
         if self.edge not in CROP_EDGES:
             raise ValueError(f"crop edge must be one of {', '.join(CROP_EDGES)}, got {self.edge!r}")
+        if not (self.voxel_mm == 0 or 0.1 <= self.voxel_mm <= 10):
+            raise ValueError(f"crop voxel size must be 0 (the scan's grid) or 0.1-10 mm, got {self.voxel_mm!r}")
 
     def key(self) -> str:
         """A short, human-readable string that names this configuration in the cache layout."""
         i, r, c = self.shape_irc
-        return f"v{CACHE_FORMAT_VERSION}-{i}x{r}x{c}-hu{self.hu_min}_{self.hu_max}-{self.edge}"
+        grid = f"-iso{self.voxel_mm:g}mm" if self.voxel_mm else ""
+        return f"v{CACHE_FORMAT_VERSION}-{i}x{r}x{c}-hu{self.hu_min}_{self.hu_max}-{self.edge}{grid}"
 
     def as_dict(self) -> dict:
         return asdict(self)

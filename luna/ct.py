@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from luna.config import CROP_EDGE, HU_MAX, HU_MIN
 from luna.errors import DataError
@@ -114,6 +115,28 @@ def crop_volume(volume: np.ndarray, center_irc: Sequence[int], shape_irc: Sequen
     return padded
 
 
+def resample_isotropic(volume: np.ndarray, spacing_irc: Sequence[float], voxel_mm: float) -> np.ndarray:
+    """The volume on a grid of ``voxel_mm`` cubes, by trilinear interpolation.
+
+    Output voxel ``j`` (on each axis) lies at input voxel ``j * voxel_mm / spacing``, so voxel 0
+    stays voxel 0 and the grid spans the scan. The values are rounded back to the input dtype.
+
+    Args:
+        volume: (I, R, C) voxels.
+        spacing_irc: mm per voxel along I, R and C.
+        voxel_mm: the output voxel size.
+
+    Returns:
+        The resampled (I', R', C') volume.
+    """
+    step = np.asarray(spacing_irc, dtype=np.float64)
+    step = voxel_mm / step
+    shape = [int(np.floor((n - 1) / s)) + 1 for n, s in zip(volume.shape, step)]
+    out = ndimage.affine_transform(volume.astype(np.float32, copy=False), step, output_shape=shape,
+                                   order=1, mode="nearest")
+    return np.rint(out, out=out).astype(volume.dtype, copy=False)
+
+
 class Ct:
     """A scan in memory: HU clipped to [HU_MIN, HU_MAX] as int16, indexed (I, R, C).
 
@@ -139,6 +162,7 @@ class Ct:
         self.origin_xyz = XyzTuple(*image.GetOrigin())
         self.spacing_xyz = XyzTuple(*image.GetSpacing())
         self.direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+        self._resampled: dict[float, np.ndarray] = {}
 
     def xyz2irc(self, center_xyz: Sequence[float]) -> IrcTuple:
         return xyz2irc(center_xyz, self.origin_xyz, self.spacing_xyz, self.direction)
@@ -158,9 +182,24 @@ class Ct:
                             f"file {self.path})")
         return center_irc
 
+    def resampled(self, voxel_mm: float) -> np.ndarray:
+        """The scan on isotropic ``voxel_mm`` voxels (:func:`resample_isotropic`), made once."""
+        if voxel_mm not in self._resampled:
+            self._resampled[voxel_mm] = resample_isotropic(self.hu_a, self.spacing_xyz[::-1], voxel_mm)
+        return self._resampled[voxel_mm]
+
     def get_raw_candidate(self, center_xyz: Sequence[float], width_irc: Sequence[int],
-                          edge: str = CROP_EDGE) -> tuple[np.ndarray, IrcTuple]:
+                          edge: str = CROP_EDGE, voxel_mm: float = 0.0) -> tuple[np.ndarray, IrcTuple]:
         """The int16 crop of ``width_irc`` voxels around a world point (``edge``: see
-        :func:`crop_volume`), and its centre voxel."""
+        :func:`crop_volume`), and its centre voxel in the scan's own grid.
+
+        With ``voxel_mm`` > 0 the voxels are those of the scan resampled to that isotropic size
+        (:meth:`resampled`); the crop's axes are still the scan's I, R and C.
+        """
         center_irc = self.center_irc_checked(center_xyz)
-        return crop_volume(self.hu_a, center_irc, width_irc, edge), center_irc
+        if not voxel_mm:
+            return crop_volume(self.hu_a, center_irc, width_irc, edge), center_irc
+        center_f = xyz2irc_float(center_xyz, self.origin_xyz, self.spacing_xyz, self.direction)
+        step = voxel_mm / np.asarray(self.spacing_xyz[::-1], dtype=np.float64)
+        center_iso = [int(round(c)) for c in np.asarray(center_f) / step]
+        return crop_volume(self.resampled(voxel_mm), center_iso, width_irc, edge), center_irc

@@ -247,15 +247,17 @@ class LunaPredictApp:
         # Crop as the model was trained: runs from before --crop-edge existed used the shift rule.
         try:
             crop = CropConfig(shape_irc=tuple(ckpt["model_config"].get("crop_shape_irc", CROP_SHAPE_IRC)),
-                              edge=str(train_args.get("crop_edge", "shift")))
+                              edge=str(train_args.get("crop_edge", "shift")),
+                              voxel_mm=float(train_args.get("crop_mm", 0.0)))
         except ValueError as exc:
             raise DataError(f"{ckpt_path}: {exc}") from None
         if args.tta_views == 8 and crop.shape_irc[1] != crop.shape_irc[2]:
             raise UsageError(f"--tta-views 8 needs square crops, the model takes {crop.shape_irc}; use 4")
         log.info("Scoring %d candidates of %d scans (%s split, val_stride=%d, split=%s) with %s epoch %s "
-                 "on %s, %s, channels_last=%s, crop edge %s, %d view(s), NMS radius %g mm", len(selected), len(jobs),
+                 "on %s, %s, channels_last=%s, crop edge %s, voxels %s, %d view(s), NMS radius %g mm", len(selected), len(jobs),
                  split, val_stride, split_mode, ckpt_path, ckpt.get("epoch", "?"), device, perf.precision,
-                 perf.channels_last, crop.edge, args.tta_views, args.nms_mm)
+                 perf.channels_last, crop.edge,
+                 f"{crop.voxel_mm:g} mm" if crop.voxel_mm else "as scanned", args.tta_views, args.nms_mm)
 
         out.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()

@@ -14,10 +14,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-from luna.app import HelpFormatter, add_common_args, non_negative_int, run_app
+from luna.app import HelpFormatter, add_common_args, crop_voxel_mm, non_negative_int, run_app
 from luna.cache import CropCache, fill_cache
 from luna.candidates import find_series_files, get_candidate_info_list
-from luna.config import CROP_EDGE, CROP_EDGES, CropConfig
+from luna.config import CROP_EDGE, CROP_EDGES, CROP_VOXEL_MM, CropConfig
 from luna.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="annotations CSV (default: annotations.csv in the data dir)")
     parser.add_argument("--series", nargs="+", default=None, metavar="UID",
                         help="only these series (default: every scan on disk)")
+    parser.add_argument("--crop-mm", type=crop_voxel_mm, default=CROP_VOXEL_MM, metavar="MM",
+                        help="resample each scan to isotropic voxels of MM mm before cropping, so nodules look the "
+                             "same at any slice thickness; 0 crops the scan's own voxels (the reference)")
     parser.add_argument("--crop-edge", choices=CROP_EDGES, default=CROP_EDGE,
                         help="crops that would leave the volume: pad (centred, air outside) or shift "
                              "(the reference); use the value you train with")
@@ -64,7 +67,7 @@ class LunaPrepCacheApp:
                 raise DataError(f"--series {unknown[0]}: no such series with candidates under {args.data_dir}")
             centers = {uid: centers[uid] for uid in args.series}
 
-        fill_cache(CropCache(args.cache_dir, CropConfig(edge=args.crop_edge)), series_paths, centers, args.num_workers)
+        fill_cache(CropCache(args.cache_dir, CropConfig(edge=args.crop_edge, voxel_mm=args.crop_mm)), series_paths, centers, args.num_workers)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def score_scan(model: nn.Module, ct: Ct, centers_xyz: Sequence[Sequence[float]],
     for start in range(0, len(centers_xyz), batch_size):
         chunk = centers_xyz[start:start + batch_size]
         for row, center_xyz in enumerate(chunk):
-            crops[row] = ct.get_raw_candidate(center_xyz, shape_irc, crop.edge)[0]
+            crops[row] = ct.get_raw_candidate(center_xyz, shape_irc, crop.edge, crop.voxel_mm)[0]
         x = crops_to_batch(crops[:len(chunk)], step_cfg)
         with step_cfg.autocast():
             _, batch_probabilities = predict_views(model, x, views)

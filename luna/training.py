@@ -23,11 +23,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from luna.app import HelpFormatter, add_common_args, non_negative_int, positive_int, run_app
+from luna.app import HelpFormatter, add_common_args, crop_voxel_mm, non_negative_int, positive_int, run_app
 from luna.cache import fill_cache
 from luna.checkpoint import (CheckpointSaver, load_checkpoint, load_model_state, make_checkpoint,
                              restore_rng_state)
-from luna.config import CROP_EDGE, CROP_EDGES, CropConfig
+from luna.config import CROP_EDGE, CROP_EDGES, CROP_VOXEL_MM, CropConfig
 from luna.dataset import LunaDataset
 from luna.distributed import (barrier, cleanup_distributed, first_occurrence_mask,
                               gather_per_sample, init_distributed, seed_everything)
@@ -60,6 +60,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="every n-th scan (or candidate) is held out for validation")
     data.add_argument("--split", choices=("scan", "candidate"), default="scan",
                       help="hold out whole scans, or every n-th candidate as the reference did (leaks scans)")
+    data.add_argument("--crop-mm", type=crop_voxel_mm, default=CROP_VOXEL_MM, metavar="MM",
+                      help="resample each scan to isotropic voxels of MM mm before cropping, so nodules look the "
+                           "same at any slice thickness; 0 crops the scan's own voxels (the reference)")
     data.add_argument("--crop-edge", choices=CROP_EDGES, default=CROP_EDGE,
                       help="crops that would leave the volume: pad (stay centred on the candidate, air "
                            "outside) or shift (the reference: moved inside, off the candidate)")
@@ -101,7 +104,7 @@ class LunaTrainingApp:
         a = self.args
         common = dict(val_stride=a.val_stride, split=a.split, cache_dir=a.cache_dir,
                       candidates_csv=a.candidates, annotations_csv=a.annotations, return_index=True,
-                      crop=CropConfig(edge=a.crop_edge), crop_dtype=torch.int16)
+                      crop=CropConfig(edge=a.crop_edge, voxel_mm=a.crop_mm), crop_dtype=torch.int16)
         train_ds = LunaDataset(a.data_dir, is_val=False, ratio=a.balanced, epoch_size=a.epoch_size,
                                seed=a.seed, **common)
         val_ds = LunaDataset(a.data_dir, is_val=True, **common)

@@ -74,8 +74,12 @@ def test_key_versioned_by_crop_config_and_format(tmp_path, scan_and_centers, mon
     assert not CropCache(tmp_path / "cache", CropConfig(shape_irc=(16, 24, 24))).is_valid(uid, path, centers)
     assert not CropCache(tmp_path / "cache", CropConfig(hu_min=-900)).is_valid(uid, path, centers)
     assert not CropCache(tmp_path / "cache", CropConfig(edge="shift")).is_valid(uid, path, centers)
+    assert not CropCache(tmp_path / "cache", CropConfig(voxel_mm=1.0)).is_valid(uid, path, centers)
+    assert CropConfig(voxel_mm=1.25).key().endswith("-iso1.25mm") and "iso" not in CropConfig().key()
     with pytest.raises(ValueError, match="crop edge"):
         CropConfig(edge="wrap")
+    with pytest.raises(ValueError, match="voxel size"):
+        CropConfig(voxel_mm=0.01)
     monkeypatch.setattr(luna.config, "CACHE_FORMAT_VERSION", luna.config.CACHE_FORMAT_VERSION + 1)
     assert not CropCache(tmp_path / "cache").is_valid(uid, path, centers)
 

@@ -74,6 +74,10 @@ def test_usage_error_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["prepcache", "--num-workers", "-1"])
     assert info.value.code == 2 and "must be >= 0" in capsys.readouterr().err
+    for command in ("prepcache", "train"):
+        with pytest.raises(SystemExit) as info:
+            main([command, "--crop-mm", "20"])
+        assert info.value.code == 2 and "voxel size of 0.1-10 mm, got 20" in capsys.readouterr().err
 
 
 def test_notebook_helper_runs_an_app_by_dotted_path(tmp_path):

@@ -60,13 +60,15 @@ def dihedral_views(crop: np.ndarray) -> list[np.ndarray]:
     return turns + [t[:, :, ::-1] for t in turns]
 
 
-@pytest.mark.parametrize("crop_edge, views", [("pad", None), (None, "1")])
-def test_val_split_scores_match_the_dataset(setup, tmp_path, monkeypatch, crop_edge, views):
+@pytest.mark.parametrize("crop_edge, views, crop_mm", [("pad", None, None), (None, "1", None), ("pad", "1", 1.5)])
+def test_val_split_scores_match_the_dataset(setup, tmp_path, monkeypatch, crop_edge, views, crop_mm):
     monkeypatch.chdir(tmp_path)  # a cache dir, if one were made, would land here
     ckpt_path = setup["ckpt"]
     if crop_edge is not None:
         ckpt = load_checkpoint(ckpt_path)
         ckpt["args"]["crop_edge"] = crop_edge
+        if crop_mm is not None:
+            ckpt["args"]["crop_mm"] = crop_mm
         ckpt_path = tmp_path / "ckpt" / "best.pt"
         ckpt_path.parent.mkdir()
         save_checkpoint(ckpt_path, ckpt)
@@ -84,7 +86,7 @@ def test_val_split_scores_match_the_dataset(setup, tmp_path, monkeypatch, crop_e
 
     # Cropped as the run was trained; a checkpoint from before --crop-edge used the shift rule.
     ds = LunaDataset(setup["data"]["root"], val_stride=VAL_STRIDE, is_val=True, cache_dir=tmp_path / "cache",
-                     crop=CropConfig(edge=crop_edge or "shift"))
+                     crop=CropConfig(edge=crop_edge or "shift", voxel_mm=crop_mm or 0.0))
     assert len(rows) == len(ds.candidates)
     assert {r[0] for r in rows} == {c.series_uid for c in ds.candidates}
     got = {(r[0], float(r[1]), float(r[2]), float(r[3])): float(r[4]) for r in rows}
