@@ -62,4 +62,9 @@ class CropConfig:
         return f"v{CACHE_FORMAT_VERSION}-{i}x{r}x{c}-hu{self.hu_min}_{self.hu_max}-{self.edge}{grid}"
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The fields as stored in a cache entry's marker; ``voxel_mm`` only when set, so that
+        entries written before it existed (the scan's own voxels) stay valid."""
+        fields = asdict(self)
+        if not self.voxel_mm:
+            del fields["voxel_mm"]
+        return fields
