@@ -129,8 +129,7 @@ def resample_isotropic(volume: np.ndarray, spacing_irc: Sequence[float], voxel_m
     Returns:
         The resampled (I', R', C') volume.
     """
-    step = np.asarray(spacing_irc, dtype=np.float64)
-    step = voxel_mm / step
+    step = voxel_mm / np.asarray(spacing_irc, dtype=np.float64)  # input voxels per output voxel
     shape = [int(np.floor((n - 1) / s)) + 1 for n, s in zip(volume.shape, step)]
     out = ndimage.affine_transform(volume.astype(np.float32, copy=False), step, output_shape=shape,
                                    order=1, mode="nearest")
