@@ -1,7 +1,6 @@
 """LUNA16 scoring rules on hand-built cases whose FROC and CPM are worked out by hand."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -252,18 +251,13 @@ def synthetic_study(n_scans=100, n_candidates=20_000, seed=0):
     return uids, centers, probs, ann
 
 
-def test_compute_cpm_and_bootstrap_are_fast_on_a_study_sized_input():
+def test_compute_cpm_and_bootstrap_on_a_study_sized_input():
+    # Speed is measured in benchmarks/bench_froc.py, not here.
     uids, centers, probs, ann = synthetic_study()
-    start = time.perf_counter()
     result = compute_cpm(uids, centers, probs, ann)
-    cpm_seconds = time.perf_counter() - start
-    start = time.perf_counter()
     ci = bootstrap_froc(match_candidates(uids, centers, probs, ann), n_bootstraps=1000, seed=0)
-    boot_seconds = time.perf_counter() - start
     assert 0.5 < result.cpm < 1.0
     assert ci.cpm[0] < result.cpm < ci.cpm[1]
-    assert cpm_seconds < 2.0, cpm_seconds  # typically ~0.02 s; generous for a shared machine
-    assert boot_seconds < 10.0, boot_seconds  # typically ~0.5 s
 
 
 def test_bootstrap_seeds_differ_and_band_brackets_the_curve():
