@@ -13,6 +13,7 @@ import shlex
 import sys
 from typing import Callable, Sequence
 
+from luna.config import CROP_EDGE, CROP_EDGES, CROP_VOXEL_MM, CropConfig
 from luna.errors import LunaError, is_disk_full
 
 log = logging.getLogger(__name__)
@@ -93,11 +94,25 @@ def non_negative_float(text: str) -> float:
 
 
 def crop_voxel_mm(text: str) -> float:
-    """argparse type: 0 (crop the scan's own voxels) or an isotropic voxel size of 0.1-10 mm."""
+    """argparse type: 0 (crop the scan's own voxels) or a voxel size :class:`CropConfig` accepts."""
     value = non_negative_float(text)
-    if value and not 0.1 <= value <= 10:
-        raise argparse.ArgumentTypeError(f"must be 0 or a voxel size of 0.1-10 mm, got {text}")
+    try:
+        CropConfig(voxel_mm=value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return value
+
+
+def add_crop_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--crop-mm`` and ``--crop-edge``: how crops are cut. Training and prepcache share them,
+    because a cache only serves the crops it was filled with."""
+    parser.add_argument("--crop-mm", type=crop_voxel_mm, default=CROP_VOXEL_MM, metavar="MM",
+                        help="resample each scan to isotropic voxels of MM mm before cropping, so nodules look the "
+                             "same at any slice thickness; 0 crops the scan's own voxels (the reference)")
+    parser.add_argument("--crop-edge", choices=CROP_EDGES, default=CROP_EDGE,
+                        help="crops that would leave the volume: pad (stay centred on the candidate, air "
+                             "outside) or shift (the reference: moved inside, off the candidate); prepcache "
+                             "and train must agree")
 
 
 def run_app(app_factory: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None,

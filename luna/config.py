@@ -53,7 +53,8 @@ class CropConfig:
         if self.edge not in CROP_EDGES:
             raise ValueError(f"crop edge must be one of {', '.join(CROP_EDGES)}, got {self.edge!r}")
         if not (self.voxel_mm == 0 or 0.1 <= self.voxel_mm <= 10):
-            raise ValueError(f"crop voxel size must be 0 (the scan's grid) or 0.1-10 mm, got {self.voxel_mm!r}")
+            raise ValueError(f"crop voxel size must be 0 (the scan's own voxels) or a voxel size of 0.1-10 mm, "
+                             f"got {self.voxel_mm:g}")
 
     def key(self) -> str:
         """A short, human-readable string that names this configuration in the cache layout."""

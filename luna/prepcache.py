@@ -14,10 +14,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-from luna.app import HelpFormatter, add_common_args, crop_voxel_mm, non_negative_int, run_app
+from luna.app import HelpFormatter, add_common_args, add_crop_args, non_negative_int, run_app
 from luna.cache import CropCache, fill_cache
 from luna.candidates import find_series_files, get_candidate_info_list
-from luna.config import CROP_EDGE, CROP_EDGES, CROP_VOXEL_MM, CropConfig
+from luna.config import CropConfig
 from luna.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -36,12 +36,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="annotations CSV (default: annotations.csv in the data dir)")
     parser.add_argument("--series", nargs="+", default=None, metavar="UID",
                         help="only these series (default: every scan on disk)")
-    parser.add_argument("--crop-mm", type=crop_voxel_mm, default=CROP_VOXEL_MM, metavar="MM",
-                        help="resample each scan to isotropic voxels of MM mm before cropping, so nodules look the "
-                             "same at any slice thickness; 0 crops the scan's own voxels (the reference)")
-    parser.add_argument("--crop-edge", choices=CROP_EDGES, default=CROP_EDGE,
-                        help="crops that would leave the volume: pad (centred, air outside) or shift "
-                             "(the reference); use the value you train with")
+    add_crop_args(parser)
     parser.add_argument("--num-workers", type=non_negative_int, default=min(4, os.cpu_count() or 1),
                         help="worker processes, each filling one scan at a time (0 = in this process)")
     return add_common_args(parser)

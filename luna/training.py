@@ -23,11 +23,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from luna.app import HelpFormatter, add_common_args, crop_voxel_mm, non_negative_int, positive_int, run_app
+from luna.app import HelpFormatter, add_common_args, add_crop_args, non_negative_int, positive_int, run_app
 from luna.cache import fill_cache
 from luna.checkpoint import (CheckpointSaver, load_checkpoint, load_model_state, make_checkpoint,
                              restore_rng_state)
-from luna.config import CROP_EDGE, CROP_EDGES, CROP_VOXEL_MM, CropConfig
+from luna.config import CropConfig
 from luna.dataset import LunaDataset
 from luna.distributed import (barrier, cleanup_distributed, first_occurrence_mask,
                               gather_per_sample, init_distributed, seed_everything)
@@ -60,12 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="every n-th scan (or candidate) is held out for validation")
     data.add_argument("--split", choices=("scan", "candidate"), default="scan",
                       help="hold out whole scans, or every n-th candidate as the reference did (leaks scans)")
-    data.add_argument("--crop-mm", type=crop_voxel_mm, default=CROP_VOXEL_MM, metavar="MM",
-                      help="resample each scan to isotropic voxels of MM mm before cropping, so nodules look the "
-                           "same at any slice thickness; 0 crops the scan's own voxels (the reference)")
-    data.add_argument("--crop-edge", choices=CROP_EDGES, default=CROP_EDGE,
-                      help="crops that would leave the volume: pad (stay centred on the candidate, air "
-                           "outside) or shift (the reference: moved inside, off the candidate)")
+    add_crop_args(data)
     data.add_argument("--num-workers", type=non_negative_int, default=2,
                       help="data loader worker processes (also used to fill the cache)")
     data.add_argument("--batch-size", type=positive_int, default=32, help="samples per batch and process")
