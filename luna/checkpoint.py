@@ -368,6 +368,6 @@ class CheckpointSaver:
             _copy_atomic(self.last_path, self.best_path)
             # Only now: a failed write must not raise the bar that the next save has to beat.
             self.best_metric = best
-            log.info("New best %s = %.4f: saved %s", self.metric_name, metric_value, self.best_path)
+            log.info("New best %s = %.4g: saved %s", self.metric_name, metric_value, self.best_path)
         return is_best
 

@@ -49,7 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="luna predict", description=__doc__.split("\n\n")[0],
                                      formatter_class=HelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="a checkpoint file, or a training run directory (its best.pt)")
+                        help="a checkpoint file, or a training run directory (its best.pt, which luna train makes the "
+                             "final weights unless told otherwise by --best-metric)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="LUNA16-layout root holding subset*/ and the CSVs (default: the training "
                              "run's --data-dir, else $LUNA_DATA_DIR or data/luna16)")

@@ -239,7 +239,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: i
 
 def _headline(run: RunRecord, evaluation: Evaluation | None, threshold: float) -> str:
     cards = []
-    if run.best:
+    if run.best and run.best["metric_name"] == "epoch":
+        cards.append(_card("best.pt", f"epoch {run.best['epoch']}", "the final weights (--best-metric epoch)"))
+    elif run.best:
         cards.append(_card("best epoch", f"{run.best['epoch']}",
                            f"val {run.best['metric_name']} = {_fmt(run.best['metric_value'], '{:.4f}')} (best.pt)"))
     last = run.rows[-1] if run.rows else {}

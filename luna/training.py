@@ -73,11 +73,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                      help="one TensorBoard run with trn/ and val/ in the tag names, instead of two runs")
     run.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                      help="continue the run in RUN_DIR from its last.pt")
-    run.add_argument("--best-metric", default="auc/roc",
-                     choices=("auc/roc", "froc/cpm", "auc/pr", "pr/f1_score", "loss/all"),
-                     help="validation metric that picks best.pt: ROC AUC ranks every held-out candidate and "
-                          "is the steadiest; froc/cpm is LUNA16's score but rests on a few dozen nodules; "
-                          "F1 depends on --threshold, which balanced sampling shifts (loss/all: lower is better)")
+    run.add_argument("--best-metric", default="epoch",
+                     choices=("epoch", "auc/roc", "froc/cpm", "auc/pr", "pr/f1_score", "loss/all"),
+                     help="what picks best.pt. epoch: the latest epoch, i.e. the final weights, where the "
+                          "cosine schedule has annealed to (on new scans they scored as well as or better "
+                          "than picking an epoch by validation, see the README); or a validation metric: "
+                          "ROC AUC ranks every held-out candidate and is the steadiest of them; froc/cpm is "
+                          "LUNA16's score but rests on a few dozen nodules; F1 depends on --threshold, which "
+                          "balanced sampling shifts (loss/all: lower is better)")
     run.add_argument("--seed", type=int, default=0, help="seed of sampling, augmentation and initialisation")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     run.add_argument("comment", nargs="?", default="luna", help="comment suffix for the run names")
@@ -247,10 +250,11 @@ class LunaTrainingApp:
                                     scaler_state=scaler.state_dict() if scaler else None, epoch=epoch,
                                     samples_seen=samples_seen, args=a,
                                     negative_loss=torch.from_numpy(miner.loss) if miner is not None else None)
-            saver.save(state, val_metrics.get(a.best_metric, math.nan))
+            saver.save(state, epoch if a.best_metric == "epoch" else val_metrics.get(a.best_metric, math.nan))
         if runlog is not None:
             runlog.close()
-            log.info("Finished: run directory %s (best %s = %.4f)", run_dir, a.best_metric, saver.best_metric)
+            picked = "the final epoch" if a.best_metric == "epoch" else f"best {a.best_metric} = {saver.best_metric:.4f}"
+            log.info("Finished: run directory %s (best.pt: %s)", run_dir, picked)
 
     def _restore(self, run_dir: Path, model, optimizer, scheduler, scaler, miner) -> tuple[int, int]:
         """Load ``run_dir/last.pt`` into the training state; return (next epoch, samples seen)."""

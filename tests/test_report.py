@@ -64,6 +64,7 @@ def test_report_is_one_self_contained_page(run_copy, caplog):
     cpm = f"{float(last['val_froc/cpm']):.3f}"
     assert re.search(r"final validation CPM</div><div class=\"value\">" + re.escape(cpm) + "</div>", page)
     assert "bootstraps" in page and "95% interval [" in page
+    assert "epoch 2</div>" in page and "the final weights (--best-metric epoch)" in page  # best.pt's card
     # The per-epoch table has both epochs, the arguments table the training flags.
     assert "<td>1</td>" in page and "<td>2</td>" in page
     assert "<td class=\"text\">val_stride</td><td class=\"text\">2</td>" in page

@@ -8,6 +8,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from luna.checkpoint import load_checkpoint
 from luna.model import build_model
 from luna.runlog import SCALAR_TAGS
 from luna.training import LunaTrainingApp
@@ -64,6 +65,10 @@ def test_short_run_logs_tensorboard_summary_and_checkpoints(data, tmp_path, capl
         assert prefix in text, prefix
     run_dir = _run_dir(tmp_path)
     assert (run_dir / "last.pt").exists() and (run_dir / "best.pt").exists()
+    # By default best.pt is the final epoch's weights (--best-metric epoch), not a validation pick.
+    best = load_checkpoint(run_dir / "best.pt")
+    assert (best["epoch"], best["metric_name"], best["metric_value"]) == (2, "epoch", 2.0)
+    assert "best.pt: the final epoch" in text
     rows = _summary(run_dir)
     assert [r["epoch"] for r in rows] == ["1", "2"] and [r["samples_seen"] for r in rows] == ["24", "48"]
     assert {"val_auc/roc", "val_froc/cpm", "trn_pr/f1_score", "val_correct/pos"} <= set(rows[0])
@@ -95,7 +100,6 @@ def test_checkpoint_reloads_in_a_new_process(data, tmp_path):
         "print(float(model(torch.randn(2, 1, 32, 48, 48) * 300)[1][:, 1].sum()), ckpt['epoch'], ckpt['samples_seen'])\n")
     out = subprocess.run([sys.executable, "-c", code, str(ckpt_path)], capture_output=True, text=True,
                          check=True, timeout=120).stdout.split()
-    from luna.checkpoint import load_checkpoint
     from luna.model import build_model
     ckpt = load_checkpoint(ckpt_path)
     model = build_model(ckpt["model_config"])
@@ -116,6 +120,7 @@ def test_resume_continues_exactly_and_keeps_the_step_axis(data, tmp_path):
     run_dir = _run_dir(resumed)
     LunaTrainingApp(_argv(data, resumed, "--epochs", "3", "--lr-schedule", "constant",
                           "--resume", str(run_dir))).main()
+    assert load_checkpoint(run_dir / "best.pt")["epoch"] == 3  # the resumed run's final epoch
     rows, expected = _summary(run_dir), _summary(_run_dir(straight))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     for key in ("samples_seen", "trn_loss/all", "val_loss/all", "val_auc/roc"):
