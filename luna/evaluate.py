@@ -3,6 +3,10 @@
     luna evaluate --predictions preds.csv --annotations annotations.csv \\
         --excluded annotations_excluded.csv [--series-list seriesuids.csv] [--out-dir DIR]
 
+Each input flag takes one file or several: several sets of scans (the folds of a
+cross-validation, or held-out sets made apart) are then scored as one pooled set, the way the
+official LUNA16 evaluation pools its ten folds. A scan may appear in one results file only.
+
 Prints a table (CPM and the sensitivity at each of the seven FP rates with 95% bootstrap
 intervals, counts, and per-candidate ROC AUC, average precision, precision, recall and F1) and
 writes ``metrics.json`` plus PNG figures to the output directory.
@@ -215,6 +219,43 @@ def write_figures(evaluation: Evaluation, out_dir: Path) -> list[Path]:
     ]
 
 
+def read_pooled_predictions(paths: Sequence[Path]) -> Predictions:
+    """The rows of one or more results files, as one.
+
+    Raises:
+        DataError: as :func:`read_predictions`, or a scan scored in two of the files (its
+            candidates would count twice).
+    """
+    parts = [read_predictions(path) for path in paths]
+    first_file: dict[str, Path] = {}
+    for path, part in zip(paths, parts):
+        for uid in np.unique(part.series_uids):
+            if uid in first_file:
+                raise DataError(f"{path}: series {uid} is also in {first_file[uid]}; "
+                                "pool results files of different scans only")
+            first_file[uid] = path
+    return Predictions(np.concatenate([part.series_uids for part in parts]),
+                       np.concatenate([part.centers_xyz for part in parts]),
+                       np.concatenate([part.probabilities for part in parts]))
+
+
+def read_pooled_findings(paths: Sequence[Path], what: str = "annotations") -> Findings:
+    """The findings of one or more annotation files, as one mapping.
+
+    Raises:
+        DataError: as :func:`read_annotations`, or a scan annotated in two of the files.
+    """
+    merged: Findings = {}
+    first_file: dict[str, Path] = {}
+    for path in paths:
+        for uid, rows in read_annotations(path, what).items():
+            if uid in merged:
+                raise DataError(f"{path}: series {uid} also has {what} in {first_file[uid]}; "
+                                "give each scan's findings once")
+            merged[uid], first_file[uid] = rows, path
+    return merged
+
+
 def _probability(text: str) -> float:
     """argparse type: a threshold in [0, 1]."""
     value = float(text)
@@ -228,19 +269,21 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="luna evaluate", description="Score a LUNA16 results file: FROC, CPM with bootstrap "
         "intervals, per-candidate ROC/PR figures; prints a table, writes metrics.json and PNGs.",
         formatter_class=HelpFormatter)
-    parser.add_argument("--predictions", required=True, type=Path,
-                        help="results CSV: seriesuid,coordX,coordY,coordZ,probability (world mm; required)")
-    parser.add_argument("--annotations", required=True, type=Path,
-                        help="nodules CSV: seriesuid,coordX,coordY,coordZ,diameter_mm (required)")
-    parser.add_argument("--excluded", type=Path, default=None,
+    parser.add_argument("--predictions", required=True, type=Path, nargs="+", metavar="CSV",
+                        help="results CSV: seriesuid,coordX,coordY,coordZ,probability (world mm; required); "
+                             "several files (of different scans) are scored as one pooled set")
+    parser.add_argument("--annotations", required=True, type=Path, nargs="+", metavar="CSV",
+                        help="nodules CSV: seriesuid,coordX,coordY,coordZ,diameter_mm (required); "
+                             "one or more, each scan's nodules in one of them")
+    parser.add_argument("--excluded", type=Path, nargs="+", default=None, metavar="CSV",
                         help="findings that are neither hits nor false positives, e.g. annotations_excluded.csv "
-                             "(default: none)")
-    parser.add_argument("--series-list", type=Path, default=None,
-                        help="scans to evaluate, one uid per line or a CSV with a seriesuid column "
-                             "(default: every scan in the annotations or the predictions)")
+                             "(default: none); one or more")
+    parser.add_argument("--series-list", type=Path, nargs="+", default=None, metavar="FILE",
+                        help="scans to evaluate, one uid per line or a CSV with a seriesuid column; several: "
+                             "their union (default: every scan in the annotations or the predictions)")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="where metrics.json and the PNGs go (default: <predictions stem>_eval "
-                             "next to the predictions)")
+                             "next to the (first) predictions file)")
     parser.add_argument("--threshold", type=_probability, default=0.5,
                         help="probability above which a candidate is called a nodule, for precision/recall/F1")
     parser.add_argument("--bootstraps", type=non_negative_int, default=1000,
@@ -255,39 +298,53 @@ class LunaEvaluateApp:
     def __init__(self, argv: Sequence[str] | None = None):
         self.args = get_args_parser().parse_args(argv)
         if self.args.out_dir is None:
-            predictions = self.args.predictions
+            predictions = self.args.predictions[0]
             self.args.out_dir = predictions.with_name(predictions.stem + "_eval")
 
     def main(self) -> Evaluation:
         args = self.args
         log.info("Starting %s, %s", type(self).__name__, args)
-        predictions = read_predictions(args.predictions)
-        annotations = read_annotations(args.annotations)
-        excluded = read_annotations(args.excluded, "excluded findings") if args.excluded else None
-        series_list = read_series_list(args.series_list) if args.series_list else None
+        predictions = read_pooled_predictions(args.predictions)
+        annotations = read_pooled_findings(args.annotations)
+        excluded = read_pooled_findings(args.excluded, "excluded findings") if args.excluded else None
+        series_list = None
+        if args.series_list:
+            # Their union, in the order given: the bootstrap draws scans by position.
+            series_list = list(dict.fromkeys(uid for path in args.series_list for uid in read_series_list(path)))
         evaluation = evaluate(predictions, annotations, excluded, series_list, threshold=args.threshold,
                               n_bootstraps=args.bootstraps, seed=args.seed)
         if evaluation.froc.n_nodules == 0:
-            raise DataError(f"{args.annotations}: no nodule in the {evaluation.froc.n_scans} evaluated scans, "
-                            "so sensitivity and CPM are undefined")
+            raise DataError(f"{_names(args.annotations)}: no nodule in the {evaluation.froc.n_scans} "
+                            "evaluated scans, so sensitivity and CPM are undefined")
         if evaluation.matches.n_candidates == 0:
-            raise DataError(f"{args.predictions}: none of the predictions is in an evaluated scan "
+            raise DataError(f"{_names(args.predictions)}: none of the predictions is in an evaluated scan "
                              "(check --series-list)")
         if evaluation.matches.n_ignored_rows:
             log.warning("Ignored %d prediction rows of scans not in the series list",
                         evaluation.matches.n_ignored_rows)
 
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        metrics = {"inputs": {key: str(value) if isinstance(value, Path) else value
-                              for key, value in vars(args).items() if key != "debug"},
+        metrics = {"inputs": {key: _json_input(value) for key, value in vars(args).items() if key != "debug"},
                    **evaluation.to_dict()}
         metrics_path = args.out_dir / METRICS_FILE
         metrics_path.write_text(json.dumps(metrics, indent=1, allow_nan=False) + "\n")
         figures = write_figures(evaluation, args.out_dir)
-        print(f"LUNA16 evaluation of {args.predictions}\n")
+        print(f"LUNA16 evaluation of {_names(args.predictions)}\n")
         print(format_table(evaluation))
         print(f"\nwrote {metrics_path} and {', '.join(path.name for path in figures)}")
         return evaluation
+
+
+def _names(paths: Sequence[Path]) -> str:
+    return " + ".join(str(path) for path in paths)
+
+
+def _json_input(value):
+    """A flag's value for metrics.json: paths as strings, one path as itself, several as a list."""
+    if isinstance(value, list):
+        strings = [str(item) for item in value]
+        return strings[0] if len(strings) == 1 else strings
+    return str(value) if isinstance(value, Path) else value
 
 
 if __name__ == "__main__":

@@ -168,3 +168,48 @@ def test_flags_are_checked_and_documented(study):
                  "--bootstraps", "--seed", "--debug"):
         assert flag in help_text
     assert "(default: 1000)" in help_text
+
+
+def split_csv(path: Path, uids_a: set[str], dest: Path) -> tuple[Path, Path]:
+    """Two CSVs with the rows of ``path`` whose seriesuid is / is not in ``uids_a``."""
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    a = write_csv(dest / f"{path.stem}_a.csv", rows[0], [r for r in rows[1:] if r[0] in uids_a])
+    b = write_csv(dest / f"{path.stem}_b.csv", rows[0], [r for r in rows[1:] if r[0] not in uids_a])
+    return a, b
+
+
+def test_several_files_are_scored_as_one_pooled_set(study, tmp_path):
+    # Two "sets" of 6 scans each, every file split in two: pooling them must give exactly the
+    # figures of the single files.
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    first = {f"1.3.6.1.{s}" for s in range(6)}
+    split = {key: split_csv(study[key], first, parts) for key in ("predictions", "annotations", "excluded")}
+    series = [write_csv(parts / f"series_{k}.csv", ["seriesuid"], [[u] for u in sorted(uids)])
+              for k, uids in (("a", first), ("b", {f"1.3.6.1.{s}" for s in range(6, 12)}))]
+    # The bootstrap draws scans by position, so the single run gets the pooled run's scan order.
+    in_order = write_csv(tmp_path / "series.csv", ["seriesuid"],
+                         [[uid] for path in series for uid in path.read_text().split()[1:]])
+    whole = LunaEvaluateApp(argv(study, f"--out-dir={tmp_path / 'whole'}", "--bootstraps=100",
+                                 f"--series-list={in_order}")).main()
+    pooled_app = LunaEvaluateApp(["--predictions", *map(str, split["predictions"]),
+                                  "--annotations", *map(str, split["annotations"]),
+                                  "--excluded", *map(str, split["excluded"]),
+                                  "--series-list", *map(str, series), "--bootstraps=100"])
+    assert pooled_app.args.out_dir == parts / "preds_a_eval"  # beside the first results file
+    pooled = pooled_app.main()
+    assert pooled.froc.n_scans == 12 and pooled.froc.n_nodules == whole.froc.n_nodules
+    assert pooled.froc.cpm == whole.froc.cpm and pooled.froc.ci.cpm == whole.froc.ci.cpm
+    assert pooled.classification == whole.classification
+    inputs = json.loads((pooled_app.args.out_dir / "metrics.json").read_text())["inputs"]
+    assert inputs["predictions"] == [str(p) for p in split["predictions"]]
+
+
+@pytest.mark.parametrize("flag", ["--predictions", "--annotations"])
+def test_a_scan_in_two_pooled_files_exits_1_naming_both(study, capsys, flag):
+    key = flag.lstrip("-")
+    args = argv(study, "--bootstraps=0") + [flag, str(study[key]), str(study[key])]
+    code, line = run_and_capture(capsys, args)
+    name = study[key].name
+    assert code == 1 and line.count(name) == 2 and "series 1.3.6.1." in line
