@@ -250,7 +250,8 @@ class LunaTrainingApp:
                                     scaler_state=scaler.state_dict() if scaler else None, epoch=epoch,
                                     samples_seen=samples_seen, args=a,
                                     negative_loss=torch.from_numpy(miner.loss) if miner is not None else None)
-            saver.save(state, epoch if a.best_metric == "epoch" else val_metrics.get(a.best_metric, math.nan))
+            # "epoch" ranks like any metric (higher is better), so best.pt follows the latest epoch.
+            saver.save(state, {"epoch": epoch, **val_metrics}.get(a.best_metric, math.nan))
         if runlog is not None:
             runlog.close()
             picked = "the final epoch" if a.best_metric == "epoch" else f"best {a.best_metric} = {saver.best_metric:.4f}"
