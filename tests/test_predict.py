@@ -290,3 +290,34 @@ def test_checkpoint_with_an_unknown_crop_edge_is_a_one_line_data_error(setup, tm
            if not re.match(r"\d{4}-\d\d-\d\d \d\d:", line)]
     assert len(err) == 1 and "edited.pt" in err[0] and "crop edge" in err[0], err
     assert not out.exists()
+
+
+def test_compare_views_script_reproduces_the_eight_view_score(setup, tmp_path):
+    # scripts/compare_views.py rescored with --min-probability 0 must give the results file's
+    # own CPM on its 8-view line, with and without suppression.
+    import subprocess
+    import sys
+
+    from luna.evaluate import read_pooled_findings
+    from luna.froc import compute_froc
+
+    out = tmp_path / "p.csv"
+    assert predict("--checkpoint", str(setup["ckpt"]), "--split", "all", "--out", str(out), "--nms-mm", "0") == 0
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_views.py"
+    done = subprocess.run([sys.executable, str(script), str(setup["ckpt"]), "--data-dir", str(setup["data"]["root"]),
+                           "--predictions", str(out), "--min-probability", "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stdout.splitlines() if line.startswith("8 views"))
+    cpm_plain, cpm_nms = (float(v) for v in line.split()[-2:])
+    predictions = read_predictions(out)
+    annotations = read_pooled_findings([setup["data"]["root"] / "annotations.csv"])
+    series = sorted(set(predictions.series_uids.tolist()))
+    args = (predictions.series_uids, predictions.centers_xyz)
+    expected_plain = compute_froc(*args, predictions.probabilities, annotations, None, series).cpm
+    suppressed = suppress_neighbours(predictions.centers_xyz, predictions.probabilities, NMS_RADIUS_MM,
+                                     predictions.series_uids)
+    expected_nms = compute_froc(*args, suppressed, annotations, None, series).cpm
+    assert cpm_plain == pytest.approx(expected_plain, abs=2e-3)
+    assert cpm_nms == pytest.approx(expected_nms, abs=2e-3)
+    assert len([line for line in done.stdout.splitlines() if "view" in line]) >= 5
