@@ -25,6 +25,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from luna.geometry import xyz2irc  # noqa: E402
 from luna.phantom import generate_scan  # noqa: E402
 
 SMALL_NODULE_MM = 6.0  # "small" nodules are reported apart: they are the hard ones
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="--seed given to luna synth")
     parser.add_argument("--size", default="small", help="--size given to luna synth")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability above which a nodule counts as found")
+    parser.add_argument("--list-below", type=float, default=None, metavar="P",
+                        help="also list every nodule whose best candidate scores below P: kind, size, score, "
+                             "false positives per scan that score higher, and slices to the scan's nearest end")
     args = parser.parse_args(argv)
 
     try:
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # uid -> (centres (K, 3), labels (K,), kinds (K,)) of the generated candidates.
     truth: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
+    scans = {}
     for index in range(args.series):
         scan = generate_scan(seed=args.seed, index=index, size=args.size)
         if scan.uid not in scored_uids:
@@ -66,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
             labels.append(cand.label)
             kinds.append(kind)
         truth[scan.uid] = (np.array(centers), np.array(labels), kinds)
+        scans[scan.uid] = scan
     missing = scored_uids - set(truth)
     if missing:
         sys.exit(f"{args.predictions}: {len(missing)} series are not in the data set for --series "
@@ -96,6 +102,29 @@ def main(argv: list[str] | None = None) -> None:
             chosen = np.concatenate([members, np.flatnonzero(labels)])
             detail = f"AUC {roc_auc_score(labels[chosen], probs[chosen]):.3f}"
         print(f"{kind:<28} {len(members):>6} {median:>9.3f}  {detail:>30}")
+    if args.list_below is not None:
+        list_missed(rows, scans, labels, probs, args.list_below)
+
+
+def list_missed(rows: list[dict], scans: dict, labels: np.ndarray, probs: np.ndarray, below: float) -> None:
+    """Print each nodule whose best-scored candidate (within its radius) is below ``below``."""
+    uids = np.array([row["seriesuid"] for row in rows])
+    xyz = np.array([[float(row[k]) for k in ("coordX", "coordY", "coordZ")] for row in rows])
+    negatives = np.sort(probs[~labels])
+    print(f"nodules scored below {below:g} (best candidate within the nodule's radius; "
+          "FP/scan: negatives scoring higher, per scan)")
+    for uid, scan in scans.items():
+        mine = uids == uid
+        for nodule in scan.nodules:
+            near = mine & (np.linalg.norm(xyz - np.asarray(nodule.center_xyz), axis=1) <= nodule.diameter_mm / 2)
+            best = float(probs[near].max()) if near.any() else float("nan")
+            if not best < below and near.any():
+                continue
+            above = len(negatives) - int(np.searchsorted(negatives, best, side="right")) if near.any() else len(negatives)
+            slice_ndx = xyz2irc(nodule.center_xyz, scan.origin_xyz, scan.spacing_xyz, scan.direction).index
+            to_end = min(slice_ndx, scan.hu.shape[0] - 1 - slice_ndx)
+            print(f"  {nodule.kind:<15} {nodule.diameter_mm:5.1f} mm  p {best:.3f}  "
+                  f"{above / len(scans):7.1f} FP/scan  {to_end:3d} slices from an end  {uid}")
 
 
 if __name__ == "__main__":

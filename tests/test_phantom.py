@@ -240,6 +240,16 @@ def test_errors_by_kind_script_reads_a_results_file(tiny, tmp_path):
     other_lines = [line for line in lines[2:] if not line.startswith("nodule")]
     assert nodule_lines and all("1.00 found" in line for line in nodule_lines)
     assert other_lines and all(line.endswith("AUC 1.000") for line in other_lines)
+    # --list-below lists the nodules under the bar, each with no negative above it here.
+    listed = subprocess.run([sys.executable, str(script), str(preds), "--series", "5", "--seed", "3", "--size", "tiny",
+                             "--list-below", "0.95"], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    rows = [line for line in listed.stdout.splitlines() if " mm  p " in line]
+    assert len(rows) == len(tiny["annotations"])
+    assert all("p 0.900" in row and "0.0 FP/scan" in row for row in rows)
+    none = subprocess.run([sys.executable, str(script), str(preds), "--series", "5", "--seed", "3", "--size", "tiny",
+                           "--list-below", "0.5"], capture_output=True, text=True, timeout=120)
+    assert none.returncode == 0 and " mm  p " not in none.stdout
     wrong_seed = subprocess.run([sys.executable, str(script), str(preds), "--seed", "4", "--size", "tiny",
                                  "--series", "5"], capture_output=True, text=True, timeout=120)
     assert wrong_seed.returncode == 1 and "not in the data set" in wrong_seed.stderr
