@@ -28,6 +28,7 @@ from luna.candidates import find_series_files  # noqa: E402
 from luna.checkpoint import load_checkpoint  # noqa: E402
 from luna.ct import Ct, crop_volume  # noqa: E402
 from luna.engine import StepConfig  # noqa: E402
+from luna.errors import DataError, LunaError  # noqa: E402
 from luna.evaluate import read_pooled_findings, read_pooled_predictions  # noqa: E402
 from luna.froc import compute_froc  # noqa: E402
 from luna.model import _VIEWS, prepare_model  # noqa: E402
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     logits = np.repeat(logit8[:, None], n_views, axis=1)
     series_paths = find_series_files(args.data_dir)
     chosen = np.flatnonzero(p8 >= args.min_probability)
+    missing = sorted(set(uids.tolist()) - set(series_paths))
+    if missing:
+        raise DataError(f"{args.predictions}: {len(missing)} scans are not in {args.data_dir} (e.g. {missing[0]})")
     with torch.inference_mode():
         for uid in np.unique(uids[chosen]):
             rows = chosen[uids[chosen] == uid]
@@ -116,4 +120,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (LunaError, OSError) as exc:  # bad input: one line, not a traceback
+        sys.exit(f"compare_views.py: {exc}")

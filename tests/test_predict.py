@@ -321,3 +321,11 @@ def test_compare_views_script_reproduces_the_eight_view_score(setup, tmp_path):
     assert cpm_plain == pytest.approx(expected_plain, abs=2e-3)
     assert cpm_nms == pytest.approx(expected_nms, abs=2e-3)
     assert len([line for line in done.stdout.splitlines() if "view" in line]) >= 5
+    # scans the data dir does not hold: one line naming the results file, exit 1
+    partial = tmp_path / "partial"
+    shutil.copytree(setup["data"]["root"], partial)
+    next(partial.rglob("*.mhd")).unlink()
+    wrong = subprocess.run([sys.executable, str(script), str(setup["ckpt"]), "--data-dir", str(partial),
+                            "--predictions", str(out)], capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 1 and len(wrong.stderr.strip().splitlines()) == 1
+    assert str(out) in wrong.stderr and "not in" in wrong.stderr
