@@ -164,6 +164,14 @@ def find_annotations_csv(data_dir: Path) -> Path | None:
         return None
 
 
+def find_excluded_csv(data_dir: Path) -> Path | None:
+    """``annotations_excluded.csv`` of a data dir, or None (only LUNA16's own release has one)."""
+    try:
+        return find_csv(data_dir, EXCLUDED_FILE_NAMES, "excluded annotations")
+    except DataError:
+        return None
+
+
 def get_candidate_info_list(
     data_dir: Path,
     candidates_csv: Path | None = None,

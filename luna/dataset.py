@@ -11,7 +11,7 @@ import logging
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +49,9 @@ class LunaDataset(Dataset):
         return_index: append the candidate's position in :attr:`candidates` to each sample.
         crop_dtype: ``torch.float32`` (SPEC) or ``torch.int16``: half the bytes to collate and
             copy to the device, where training converts it (HU values are whole numbers).
+        keep: maps the selected candidates to a (N,) bool mask of those to sample; the others are
+            left out of this dataset but keep their place in the cache (e.g. training negatives on
+            findings the scoring ignores, see ``luna train --skip-excluded``).
     """
 
     def __init__(self, data_dir: Path, val_stride: int = 10, is_val: bool | None = None,
@@ -57,7 +60,8 @@ class LunaDataset(Dataset):
                  crop: CropConfig = CropConfig(), candidates_csv: Path | None = None,
                  annotations_csv: Path | None = None,
                  candidate_info_list: Sequence[CandidateInfo] | None = None, seed: int = 0,
-                 return_index: bool = False, crop_dtype: torch.dtype = torch.float32):
+                 return_index: bool = False, crop_dtype: torch.dtype = torch.float32,
+                 keep: Callable[[list[CandidateInfo]], np.ndarray] | None = None):
         self.data_dir = Path(data_dir)
         self.series_paths = find_series_files(self.data_dir)
         full = list(candidate_info_list) if candidate_info_list is not None else get_candidate_info_list(
@@ -80,6 +84,11 @@ class LunaDataset(Dataset):
             selected = full
         else:
             selected = split_candidates(full, val_stride, is_val, split)
+        self.n_left_out = 0
+        if keep is not None and selected:
+            mask = np.asarray(keep(selected), dtype=bool)
+            self.n_left_out = int((~mask).sum())
+            selected = [c for c, k in zip(selected, mask) if k]
         if not selected:
             raise DataError(f"the {'validation' if is_val else 'training'} split of {self.data_dir} is empty "
                             f"(val_stride={val_stride}, split={split}); use more scans or another stride")
@@ -103,6 +112,8 @@ class LunaDataset(Dataset):
                  len(selected), {None: "all", True: "validation", False: "training"}[is_val],
                  len(self.pos_ndx), len(self.neg_ndx), len({c.series_uid for c in selected}),
                  f", balanced 1:{ratio}, {self.epoch_size} per epoch" if ratio else "")
+        if self.n_left_out:
+            log.info("%s: %d candidates left out of the samples", type(self).__name__, self.n_left_out)
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle which positive/negative each index maps to (balanced sampling), the same way

@@ -86,6 +86,23 @@ def _hits(centers_xyz: np.ndarray, findings: np.ndarray) -> np.ndarray:
     return dist2 < (diameter_mm / 2) ** 2
 
 
+def inside_findings(series_uids: Sequence[str], centers_xyz: np.ndarray, findings: Findings) -> np.ndarray:
+    """(N,) bool: the candidate lies inside a finding of its scan, by the hit rule above.
+
+    Args:
+        series_uids: (N,) scan of each candidate.
+        centers_xyz: (N, 3) candidate centres, world mm.
+        findings: ``{uid: (M, 4) x, y, z, diameter_mm}`` (e.g. the excluded findings).
+    """
+    uids = np.asarray(series_uids).astype(str).reshape(-1)
+    centers_xyz = np.asarray(centers_xyz, dtype=np.float64).reshape(-1, 3)
+    inside = np.zeros(len(uids), dtype=bool)
+    for uid in set(uids.tolist()) & set(findings):
+        rows = np.flatnonzero(uids == uid)
+        inside[rows] = _hits(centers_xyz[rows], _as_findings(findings, uid)).any(axis=1)
+    return inside
+
+
 def _as_findings(findings: Findings | None, uid: str) -> np.ndarray:
     if findings is None or uid not in findings:
         return np.zeros((0, 4))

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,11 +27,14 @@ from luna.app import HelpFormatter, add_common_args, add_crop_args, non_negative
 from luna.cache import fill_cache
 from luna.checkpoint import (CheckpointSaver, load_checkpoint, load_model_state, make_checkpoint,
                              restore_rng_state)
+from luna.candidates import CandidateInfo, find_excluded_csv
 from luna.config import CropConfig
 from luna.dataset import LunaDataset
 from luna.distributed import (barrier, cleanup_distributed, first_occurrence_mask,
                               gather_per_sample, init_distributed, seed_everything)
 from luna.engine import StepConfig, evaluate, train_one_epoch
+from luna.froc import inside_findings
+from luna.luna16_files import read_annotations
 from luna.errors import DataError, LunaError, UsageError
 from luna.metrics import (GOAL_PRECISION, METRICS_LOSS_NDX, RECALL_AT_GOAL_KEY, compute_epoch_metrics,
                           format_epoch_lines)
@@ -56,6 +59,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--annotations", type=Path, default=None, help="annotations CSV (default: found in the data dir)")
     data.add_argument("--excluded", type=Path, default=None,
                       help="annotations_excluded.csv for validation CPM (default: found in the data dir, if any)")
+    data.add_argument("--skip-excluded", action=argparse.BooleanOptionalAction, default=False,
+                      help="leave training candidates inside an excluded finding (annotations_excluded.csv: "
+                           "neither a hit nor a false positive when scored) out of the negatives")
     data.add_argument("--val-stride", type=positive_int, default=10,
                       help="every n-th scan (or candidate) is held out for validation")
     data.add_argument("--split", choices=("scan", "candidate"), default="scan",
@@ -104,9 +110,26 @@ class LunaTrainingApp:
                       candidates_csv=a.candidates, annotations_csv=a.annotations, return_index=True,
                       crop=CropConfig(edge=a.crop_edge, voxel_mm=a.crop_mm), crop_dtype=torch.int16)
         train_ds = LunaDataset(a.data_dir, is_val=False, ratio=a.balanced, epoch_size=a.epoch_size,
-                               seed=a.seed, **common)
+                               seed=a.seed, keep=self._training_filter(), **common)
         val_ds = LunaDataset(a.data_dir, is_val=True, **common)
         return train_ds, val_ds
+
+    def _training_filter(self) -> Callable[[list[CandidateInfo]], np.ndarray] | None:
+        """With --skip-excluded: a filter that drops the negatives lying inside an excluded finding.
+
+        LUNA16 scoring ignores marks on those findings (nodules under 3 mm, findings of unknown
+        size), so teaching the model that they are not nodules only costs it small nodules."""
+        a = self.args
+        excluded_csv = a.excluded or find_excluded_csv(a.data_dir)
+        if not a.skip_excluded or excluded_csv is None:
+            return None
+        excluded = read_annotations(excluded_csv, "excluded annotations")
+
+        def keep(candidates: list[CandidateInfo]) -> np.ndarray:
+            inside = inside_findings([c.series_uid for c in candidates],
+                                     np.array([c.center_xyz for c in candidates]), excluded)
+            return ~inside | np.array([c.is_nodule for c in candidates])
+        return keep
 
     def _loader(self, ds: LunaDataset, shuffle: bool) -> DataLoader:
         ctx, a = self.ctx, self.args

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from luna.candidates import ANNOTATION_FILE_NAMES, EXCLUDED_FILE_NAMES, find_csv
+from luna.candidates import ANNOTATION_FILE_NAMES, find_csv, find_excluded_csv
 from luna.dataset import LunaDataset
-from luna.errors import DataError
 from luna.froc import FP_RATES, compute_cpm
 from luna.luna16_files import read_annotations, write_predictions
 from luna.metrics import METRICS_PRED_NDX
@@ -41,11 +40,7 @@ class ValidationScorer:
         self.series_list = sorted({c.series_uid for c in val_ds.candidates})
         annotations_csv = annotations_csv or find_csv(val_ds.data_dir, ANNOTATION_FILE_NAMES, "annotations")
         self.annotations = read_annotations(annotations_csv)
-        if excluded_csv is None:
-            try:
-                excluded_csv = find_csv(val_ds.data_dir, EXCLUDED_FILE_NAMES, "excluded annotations")
-            except DataError:
-                excluded_csv = None
+        excluded_csv = excluded_csv or find_excluded_csv(val_ds.data_dir)
         self.excluded = read_annotations(excluded_csv, "excluded annotations") if excluded_csv else None
         self.centers_xyz = np.array([c.center_xyz for c in val_ds.candidates], dtype=np.float64)
         self.uids = np.array([c.series_uid for c in val_ds.candidates])

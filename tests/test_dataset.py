@@ -78,3 +78,19 @@ def test_negative_weights_steer_which_negatives_are_drawn(tiny_luna, tmp_path):
     assert len({ds.candidate_index(i) for i in range(1, 400, 2)}) == len(ds.neg_ndx)
     with pytest.raises(ValueError):
         ds.set_negative_weights(np.zeros(len(ds.neg_ndx)))
+
+
+def test_keep_filter_leaves_candidates_out_but_not_the_cache(tiny_luna, tmp_path):
+    kw = dict(val_stride=0, ratio=1, cache_dir=tmp_path / "cache")
+    full = LunaDataset(tiny_luna["root"], **kw)
+    drop = {full.candidates[i] for i in full.neg_ndx[:3]}
+    ds = LunaDataset(tiny_luna["root"], keep=lambda cands: np.array([c not in drop for c in cands]), **kw)
+    assert ds.n_left_out == 3 and len(ds.candidates) == len(full.candidates) - 3
+    assert not drop & set(ds.candidates) and len(ds.pos_ndx) == len(full.pos_ndx)
+    # The cache entries still hold every candidate of each scan, so both datasets share them.
+    assert ds.series_digests == full.series_digests
+    for i in range(len(ds.candidates)):
+        j = full.candidates.index(ds.candidates[i])
+        np.testing.assert_array_equal(ds.read_crop(i)[0], full.read_crop(j)[0])
+    with pytest.raises(DataError, match="empty"):
+        LunaDataset(tiny_luna["root"], keep=lambda cands: np.zeros(len(cands), bool), **kw)

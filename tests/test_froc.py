@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from luna.errors import DataError
-from luna.froc import FP_RATES, bootstrap_froc, compute_cpm, compute_froc, froc_from_matches, match_candidates
+from luna.froc import (FP_RATES, bootstrap_froc, compute_cpm, compute_froc, froc_from_matches, inside_findings,
+                       match_candidates)
 from luna.luna16_files import read_annotations, read_predictions, read_series_list
 
 FAR = (500.0, 500.0, 500.0)  # hits nothing
@@ -121,6 +122,15 @@ def test_candidates_hitting_excluded_findings_are_dropped():
     matches = match_candidates(*zip(*[(u, c, p) for u, c, p in cands]), ann, excl)
     assert matches.n_excluded == 1
     np.testing.assert_array_equal(np.sort(matches.candidate_probabilities), [0.4, 0.8])
+
+
+def test_inside_findings_uses_the_hit_rule_scan_by_scan():
+    excl = findings(a=[[0, 0, 0, 8.0]], b=[[0, 0, 0, -1.0]])
+    uids = ["a", "a", "b", "b", "c"]
+    centers = [(0, 3.99, 0), (4.0, 0, 0), (0, 0, 4.99), (0, 0, 5.0), (0, 0, 0)]
+    np.testing.assert_array_equal(inside_findings(uids, np.array(centers), excl),
+                                  [True, False, True, False, False])
+    assert inside_findings([], np.zeros((0, 3)), excl).shape == (0,)
 
 
 def test_only_the_top_100_candidates_of_a_scan_are_scored():

@@ -149,3 +149,23 @@ def test_bad_augmentation_is_one_line_before_any_work(data, tmp_path, flag, valu
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert len(errors) == 1 and "augmentation" in errors[0] and value in errors[0], done.stderr[-2000:]
     assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
+
+
+def test_skip_excluded_leaves_out_only_the_negatives_on_excluded_findings(data, tmp_path):
+    from tests.conftest import write_csv
+    negatives = [row for row in data["candidates"] if row[4] == 0]
+    positive = next(row for row in data["candidates"] if row[4] == 1)
+    # Two negatives and one positive of any scan lie inside an excluded finding (3 mm radius).
+    rows = [[row[0], row[1] + 1.0, row[2], row[3], 6.0] for row in (negatives[0], negatives[-1], positive)]
+    excluded = write_csv(tmp_path / "excluded.csv", ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"], rows)
+    argv = _argv(data, tmp_path, "--excluded", str(excluded))
+    plain, _ = LunaTrainingApp(argv)._datasets()
+    skipping, val = LunaTrainingApp([*argv, "--skip-excluded"])._datasets()
+    train_uids = {c.series_uid for c in plain.candidates}
+    expected = {tuple(row[1:4]) for row in (negatives[0], negatives[-1]) if row[0] in train_uids}
+    assert expected  # the fixture puts at least one of them in the training split
+    left_out = set(plain.candidates) - set(skipping.candidates)
+    assert {c.center_xyz for c in left_out} == expected and not any(c.is_nodule for c in left_out)
+    assert skipping.n_left_out == len(expected) and plain.n_left_out == 0
+    assert len(skipping.pos_ndx) == len(plain.pos_ndx)
+    assert val.n_left_out == 0  # validation keeps every candidate: its CPM scores them by the rules
