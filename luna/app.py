@@ -93,6 +93,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def share(text: str) -> float:
+    """argparse type: a fraction in [0, 1)."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 def crop_voxel_mm(text: str) -> float:
     """argparse type: 0 (crop the scan's own voxels) or a voxel size :class:`CropConfig` accepts."""
     value = non_negative_float(text)

@@ -60,12 +60,16 @@ class LunaModel(nn.Module):
         batch_norm_from: the "luna_bn" variant: blocks from this one on (1-based) get a
             BatchNorm after each convolution, see :class:`LunaBlock`; None (the reference) for
             none.
+        block_channels: the four blocks' channels, instead of ``conv_channels`` doubling per
+            block (8, 16, 32, 64). Blocks 3 and 4 run on 1/64 and 1/512 of the voxels, so
+            widening them costs little time (``luna train --block-channels 8,16,64,128``).
     """
 
     name = "luna"
 
     def __init__(self, in_channels: int = 1, conv_channels: int = 8,
-                 crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC, batch_norm_from: int | None = None) -> None:
+                 crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC, batch_norm_from: int | None = None,
+                 block_channels: Sequence[int] | None = None) -> None:
         super().__init__()
         crop_shape_irc = tuple(int(s) for s in crop_shape_irc)
         if len(crop_shape_irc) != 3 or min(crop_shape_irc) < 2 ** _NUM_BLOCKS:
@@ -80,6 +84,13 @@ class LunaModel(nn.Module):
         # The network sees raw HU (-1000..1000): this norm rescales it to something convs like.
         self.tail_batchnorm = nn.BatchNorm3d(in_channels)
         channels = [in_channels] + [conv_channels * 2 ** k for k in range(_NUM_BLOCKS)]
+        if block_channels is not None:
+            block_channels = [int(c) for c in block_channels]
+            if len(block_channels) != _NUM_BLOCKS or min(block_channels) < 1:
+                raise ValueError(f"block_channels must be {_NUM_BLOCKS} positive counts, got {block_channels}")
+            # Stored only when given, so checkpoints of the doubling default rebuild as before.
+            channels = [in_channels] + block_channels
+            self._config["block_channels"] = block_channels
         if batch_norm_from is not None:
             if not 1 <= batch_norm_from <= _NUM_BLOCKS:
                 raise ValueError(f"batch_norm_from must be a block number 1..{_NUM_BLOCKS}, got {batch_norm_from}")
@@ -100,7 +111,10 @@ class LunaModel(nn.Module):
     @property
     def config(self) -> dict:
         """What :func:`build_model` needs to rebuild this network (a fresh, JSON-able dict)."""
-        return dict(self._config, crop_shape_irc=list(self._config["crop_shape_irc"]))
+        config = dict(self._config, crop_shape_irc=list(self._config["crop_shape_irc"]))
+        if "block_channels" in config:
+            config["block_channels"] = list(config["block_channels"])
+        return config
 
     def _init_weights(self) -> None:
         for module in self.modules():
@@ -149,8 +163,10 @@ class LunaBnModel(LunaModel):
     name = "luna_bn"
 
     def __init__(self, in_channels: int = 1, conv_channels: int = 8,
-                 crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC, batch_norm_from: int = 2) -> None:
-        super().__init__(in_channels, conv_channels, crop_shape_irc, batch_norm_from=batch_norm_from)
+                 crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC, batch_norm_from: int = 2,
+                 block_channels: Sequence[int] | None = None) -> None:
+        super().__init__(in_channels, conv_channels, crop_shape_irc, batch_norm_from=batch_norm_from,
+                         block_channels=block_channels)
         # The reference's fan_out init of the head assumes small, un-normalised features; after
         # batch norm the 1,152 features have unit scale and it would start with logits of
         # standard deviation ~30 (losses near 10). Start the head small instead.

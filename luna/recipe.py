@@ -24,6 +24,8 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model and optimiser")
     model.add_argument("--model", choices=sorted(MODELS), default="luna_bn",
                        help="architecture: luna (the reference) or luna_bn (batch norm after each conv of blocks 2-4)")
+    model.add_argument("--block-channels", type=block_channels, default=None, metavar="C1,C2,C3,C4",
+                       help="channels of the four blocks (default: 8,16,32,64, the reference's doubling)")
     model.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="adamw", help="optimiser")
     model.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate")
     model.add_argument("--momentum", type=float, default=0.99, help="SGD momentum (the reference's 0.99)")
@@ -63,6 +65,25 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                        help="channels_last_3d memory format; auto: on")
     speed.add_argument("--compile", action="store_true", help="torch.compile the model")
+
+
+def block_channels(text: str) -> list[int]:
+    """argparse type: four comma-separated channel counts, each >= 1."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"must be four channel counts >= 1 like 8,16,32,64, got {text!r}")
+    return values
+
+
+def model_config(args: argparse.Namespace) -> dict:
+    """The :func:`luna.model.build_model` config of the flags."""
+    config: dict = {"name": args.model}
+    if getattr(args, "block_channels", None):
+        config["block_channels"] = list(args.block_channels)
+    return config
 
 
 def augment_config(args: argparse.Namespace) -> AugmentConfig | None:

@@ -23,11 +23,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from luna.app import HelpFormatter, add_common_args, add_crop_args, non_negative_int, positive_int, run_app
+from luna.app import (HelpFormatter, add_common_args, add_crop_args, non_negative_float, non_negative_int,
+                      positive_int, run_app, share)
 from luna.cache import fill_cache
 from luna.checkpoint import (CheckpointSaver, load_checkpoint, load_model_state, make_checkpoint,
                              restore_rng_state)
-from luna.candidates import CandidateInfo, find_excluded_csv
+from luna.candidates import CandidateInfo, find_annotations_csv, find_excluded_csv
 from luna.config import CropConfig
 from luna.dataset import LunaDataset
 from luna.distributed import (barrier, cleanup_distributed, first_occurrence_mask,
@@ -40,8 +41,9 @@ from luna.metrics import (GOAL_PRECISION, METRICS_LOSS_NDX, RECALL_AT_GOAL_KEY, 
                           format_epoch_lines)
 from luna.model import build_model, count_parameters, prepare_model
 from luna.recipe import (HardNegativeMiner, add_recipe_args, augment_config, build_optimizer, build_scheduler,
-                         resolve_performance)
+                         model_config, resolve_performance)
 from luna.runlog import RunLogger
+from luna.sampling import mix_negative_weights, near_nodule_mask
 from luna.validation import ValidationScorer
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--skip-excluded", action=argparse.BooleanOptionalAction, default=False,
                       help="leave training candidates inside an excluded finding (annotations_excluded.csv: "
                            "neither a hit nor a false positive when scored) out of the negatives")
+    data.add_argument("--near-negatives", type=share, default=0.0, metavar="FRACTION",
+                      help="draw this share of the training negatives from the near misses: candidates "
+                           "within --near-mm of a nodule's surface, which the rules count as false "
+                           "positives although their crop shows the nodule off-centre; 0 = off")
+    data.add_argument("--near-mm", type=non_negative_float, default=8.0,
+                      help="how far beyond a nodule's radius a negative counts as a near miss (mm)")
     data.add_argument("--val-stride", type=positive_int, default=10,
                       help="every n-th scan (or candidate) is held out for validation")
     data.add_argument("--split", choices=("scan", "candidate"), default="scan",
@@ -131,6 +139,18 @@ class LunaTrainingApp:
             return ~inside | np.array([c.is_nodule for c in candidates])
         return keep
 
+    def _near_misses(self, train_ds: LunaDataset) -> np.ndarray:
+        """(negatives,) bool over ``train_ds.neg_ndx``: the near misses of --near-negatives."""
+        a = self.args
+        annotations_csv = a.annotations or find_annotations_csv(a.data_dir)
+        if not a.near_negatives or annotations_csv is None:
+            return np.zeros(len(train_ds.neg_ndx), dtype=bool)
+        near = near_nodule_mask([train_ds.candidates[i] for i in train_ds.neg_ndx],
+                                read_annotations(annotations_csv), a.near_mm)
+        log.info("%d of %d training negatives lie within %g mm of a nodule's surface: %.0f%% of the "
+                 "negatives drawn", near.sum(), len(near), a.near_mm, 100 * a.near_negatives if near.any() else 0)
+        return near
+
     def _loader(self, ds: LunaDataset, shuffle: bool) -> DataLoader:
         ctx, a = self.ctx, self.args
         # The sampler is the one code path for 1..N processes: each rank sees 1/N of the data.
@@ -187,7 +207,7 @@ class LunaTrainingApp:
         barrier(ctx)
         train_loader, val_loader = self._loader(train_ds, True), self._loader(val_ds, False)
 
-        model = build_model({"name": a.model})
+        model = build_model(model_config(a))
         # Model on the device before the optimiser is built (the optimiser keeps references).
         model = prepare_model(model, ctx.device, perf.channels_last)
         optimizer = build_optimizer(model, a)
@@ -224,9 +244,11 @@ class LunaTrainingApp:
                      a.model, count_parameters(model), ctx.device, perf.precision, perf.channels_last,
                      ctx.world_size)
 
+        near = self._near_misses(train_ds)
         for epoch in range(start_epoch, a.epochs + 1):
-            if miner is not None:
-                train_ds.set_negative_weights(miner.weights())
+            weights = mix_negative_weights(miner.weights() if miner is not None else None, near, a.near_negatives)
+            if weights is not None:
+                train_ds.set_negative_weights(weights)
             train_ds.set_epoch(epoch)
             train_loader.sampler.set_epoch(epoch)
             generator.manual_seed(int(np.random.SeedSequence([a.seed, ctx.rank, epoch]).generate_state(1)[0]))

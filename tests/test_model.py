@@ -106,9 +106,23 @@ def test_other_sizes_and_variant():
     assert set(MODELS) >= {"luna", "luna_bn"}
 
 
+def test_block_channels_widen_the_blocks_and_survive_the_config():
+    wide = build_model({"name": "luna_bn", "block_channels": [8, 16, 64, 128]})
+    assert [wide.block1.conv2.out_channels, wide.block2.conv2.out_channels, wide.block3.conv2.out_channels,
+            wide.block4.conv2.out_channels] == [8, 16, 64, 128]
+    assert wide.block3.conv1.in_channels == 16 and wide.head_linear.in_features == 128 * 2 * 3 * 3
+    config = json.loads(json.dumps(wide.config))
+    assert config["block_channels"] == [8, 16, 64, 128]
+    build_model(config).load_state_dict(wide.state_dict())
+    # The doubling default does not store the key, so older checkpoints' configs still match.
+    assert "block_channels" not in build_model({"name": "luna_bn"}).config
+
+
 @pytest.mark.parametrize("config", [{"name": "resnet"}, {"name": "luna", "depth": 3},
                                     {"name": "luna", "crop_shape_irc": [8, 48, 48]},
-                                    {"name": "luna_bn", "batch_norm_from": 5}])
+                                    {"name": "luna_bn", "batch_norm_from": 5},
+                                    {"name": "luna_bn", "block_channels": [8, 16, 32]},
+                                    {"name": "luna", "block_channels": [8, 0, 32, 64]}])
 def test_build_model_rejects_bad_config(config):
     with pytest.raises(DataError):
         build_model(config)

@@ -105,6 +105,8 @@ def test_out_of_memory_suggests_a_smaller_batch(data, tmp_path):
     (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
     (["--epochs", "-1"], "argument --epochs: must be >= 1, got -1"),
     (["--lr", "nan"], "argument --lr: must be a finite number > 0"),
+    (["--block-channels", "8,16"], "argument --block-channels: must be four channel counts >= 1"),
+    (["--near-negatives", "1"], "argument --near-negatives: must be in [0, 1), got 1"),
 ])
 def test_flags_out_of_range_are_usage_errors(data, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as info:
