@@ -7,7 +7,9 @@ side in one run, on the same random HU batches, batch 32, one 32x48x48 crop per 
 - the reference: LunaModel in float32, default memory format;
 - LunaModel with the speed settings luna picks on a CPU (bf16 autocast, channels_last_3d);
 - luna_bn with a BatchNorm after every convolution (``batch_norm_from=1``);
-- luna_bn as shipped (BatchNorm from block 2 on; block 1 keeps the reference's convolutions).
+- luna_bn as shipped (BatchNorm from block 2 on; block 1 keeps the reference's convolutions);
+- luna_bn with wider late blocks (``luna train --block-channels 8,16,64,128``);
+- luna_centre, the default (luna_bn plus a branch of 16/32/64 channels on the crop's central 16x24x24).
 
 A training step is forward, float32 cross-entropy, backward and an AdamW step; inference is a
 forward pass under ``no_grad`` in eval mode. Also timed: the default augmentation of one batch
@@ -15,7 +17,7 @@ forward pass under ``no_grad`` in eval mode. Also timed: the default augmentatio
 ``torch.nn.functional.affine_grid`` and with luna's broadcasting ``sampling_grid``. Rounds are taken in turn across the cases, so that
 bursts of other load on a shared machine hit them alike, and each case keeps its best round.
 
-    .venv/bin/python benchmarks/bench_model.py            # ~2 min, writes results/bench_model.txt
+    .venv/bin/python benchmarks/bench_model.py            # ~3 min, writes results/bench_model.txt
     .venv/bin/python benchmarks/bench_model.py --quick    # ~20 s smoke run
 """
 from __future__ import annotations
@@ -52,7 +54,9 @@ CASES = [
     Case("luna, fp32, default memory (reference)", {"name": "luna"}, "fp32", False),
     Case("luna, bf16 + channels-last", {"name": "luna"}, "bf16", True),
     Case("luna_bn, norm in every block", {"name": "luna_bn", "batch_norm_from": 1}, "bf16", True),
-    Case("luna_bn, norm from block 2 (default)", {"name": "luna_bn"}, "bf16", True),
+    Case("luna_bn, norm from block 2", {"name": "luna_bn"}, "bf16", True),
+    Case("luna_bn, blocks 8,16,64,128", {"name": "luna_bn", "block_channels": (8, 16, 64, 128)}, "bf16", True),
+    Case("luna_centre (default)", {"name": "luna_centre"}, "bf16", True),
 ]
 
 
@@ -143,6 +147,9 @@ def main(argv: list[str] | None = None) -> None:
                    f"{infer:>8.1f} {infer / eval_rate[0]:>6.2f}")
     every, default = train_rate[2], train_rate[3]
     report.say(f"\nluna_bn training, norm from block 2 vs in every block: {default / every:.2f}x")
+    report.say(f"time of a training step against luna_bn: wider blocks {default / train_rate[4]:.2f}x, "
+               f"luna_centre {default / train_rate[5]:.2f}x; of inference: {eval_rate[3] / eval_rate[4]:.2f}x, "
+               f"{eval_rate[3] / eval_rate[5]:.2f}x")
 
     # Augmentation, as training applies it: on the float32 channels-last batch, default strengths.
     x = runners[3].batch

@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model and optimiser")
-    model.add_argument("--model", choices=sorted(MODELS), default="luna_bn",
-                       help="architecture: luna (the reference) or luna_bn (batch norm after each conv of blocks 2-4)")
+    model.add_argument("--model", choices=sorted(MODELS), default="luna_centre",
+                       help="architecture: luna (the reference), luna_bn (batch norm after each conv of blocks 2-4) "
+                            "or luna_centre (luna_bn plus a wider branch on the crop's centre at full resolution)")
     model.add_argument("--block-channels", type=block_channels, default=None, metavar="C1,C2,C3,C4",
                        help="channels of the four blocks (default: 8,16,32,64, the reference's doubling)")
     model.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="adamw", help="optimiser")

@@ -61,7 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--annotations", type=Path, default=None, help="annotations CSV (default: found in the data dir)")
     data.add_argument("--excluded", type=Path, default=None,
                       help="annotations_excluded.csv for validation CPM (default: found in the data dir, if any)")
-    data.add_argument("--skip-excluded", action=argparse.BooleanOptionalAction, default=False,
+    data.add_argument("--skip-excluded", action=argparse.BooleanOptionalAction, default=True,
                       help="leave training candidates inside an excluded finding (annotations_excluded.csv: "
                            "neither a hit nor a false positive when scored) out of the negatives")
     data.add_argument("--near-negatives", type=share, default=0.0, metavar="FRACTION",
@@ -306,6 +306,9 @@ class LunaTrainingApp:
         """Load ``run_dir/last.pt`` into the training state; return (next epoch, samples seen)."""
         a, ctx = self.args, self.ctx
         ckpt = load_checkpoint(run_dir / "last.pt", map_location=ctx.device)
+        used = ckpt.get("model_config", {}).get("name", a.model)
+        if used != a.model:  # e.g. a run from before luna_centre became the default
+            raise UsageError(f"--resume {run_dir}: the run trained --model {used}; pass --model {used}")
         load_model_state(model, ckpt, run_dir / "last.pt", expected_name=a.model)
         used = ckpt.get("args", {}).get("optimizer", a.optimizer)
         if used != a.optimizer:

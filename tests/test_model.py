@@ -192,3 +192,24 @@ def test_predict_views_average_the_symmetric_views():
         predict_views(model, x, 3)
     with pytest.raises(ValueError, match="square crops"):
         predict_views(model, torch.randn(1, 1, 16, 16, 32), 8)
+
+
+def test_centre_model_reads_the_centre_at_full_resolution():
+    torch.manual_seed(0)
+    model = build_model({"name": "luna_centre", "centre_channels": 4}).eval()
+    assert model.head_linear.in_features == 64 * 2 * 3 * 3 + 16 * 2 * 3 * 3
+    x = torch.randn(2, 1, 32, 48, 48) * 300
+    logits, probabilities = model(x)
+    assert logits.shape == probabilities.shape == (2, 2)
+    # Changing a voxel at the crop's centre reaches the centre branch; the config rebuilds it.
+    rebuilt = build_model(json.loads(json.dumps(model.config))).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(rebuilt(x)[0], logits)
+    with torch.no_grad():
+        branch = model.centre_blocks(model.tail_batchnorm(x)[..., 8:24, 12:36, 12:36])
+    assert branch.shape == (2, 16, 2, 3, 3)
+    # The same in channels-last memory (the CPU default), where the centre slice is made dense.
+    last = prepare_model(build_model(model.config), "cpu", channels_last=True).eval()
+    last.load_state_dict(model.state_dict())
+    torch.testing.assert_close(last(x.contiguous(memory_format=torch.channels_last_3d))[0], logits,
+                               rtol=1e-4, atol=1e-4)

@@ -17,7 +17,7 @@ def _args(*argv):
 
 def test_defaults_are_the_working_recipe():
     a = _args()
-    assert (a.model, a.optimizer, a.balanced, a.augmented, a.lr_schedule) == ("luna_bn", "adamw", 1, True, "cosine")
+    assert (a.model, a.optimizer, a.balanced, a.augmented, a.lr_schedule) == ("luna_centre", "adamw", 1, True, "cosine")
     assert a.hard_negatives == 0.5 and a.lr == 2e-3
     cfg = augment_config(a)
     assert cfg.flip and cfg.rotate and cfg.offset == 0.03 and cfg.scale == 0.2 and cfg.noise == 25.0

@@ -95,7 +95,7 @@ def test_checkpoint_reloads_in_a_new_process(data, tmp_path):
         "from luna.checkpoint import load_checkpoint, load_model_state\n"
         "from luna.model import build_model\n"
         "ckpt = load_checkpoint(sys.argv[1])\n"
-        "model = build_model(ckpt['model_config']); load_model_state(model, ckpt, sys.argv[1], 'luna_bn')\n"
+        "model = build_model(ckpt['model_config']); load_model_state(model, ckpt, sys.argv[1], 'luna_centre')\n"
         "model.eval(); torch.manual_seed(0)\n"
         "print(float(model(torch.randn(2, 1, 32, 48, 48) * 300)[1][:, 1].sum()), ckpt['epoch'], ckpt['samples_seen'])\n")
     out = subprocess.run([sys.executable, "-c", code, str(ckpt_path)], capture_output=True, text=True,
@@ -159,7 +159,7 @@ def test_skip_excluded_leaves_out_only_the_negatives_on_excluded_findings(data, 
     rows = [[row[0], row[1] + 1.0, row[2], row[3], 6.0] for row in (negatives[0], negatives[-1], positive)]
     excluded = write_csv(tmp_path / "excluded.csv", ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"], rows)
     argv = _argv(data, tmp_path, "--excluded", str(excluded))
-    plain, _ = LunaTrainingApp(argv)._datasets()
+    plain, _ = LunaTrainingApp([*argv, "--no-skip-excluded"])._datasets()
     skipping, val = LunaTrainingApp([*argv, "--skip-excluded"])._datasets()
     train_uids = {c.series_uid for c in plain.candidates}
     expected = {tuple(row[1:4]) for row in (negatives[0], negatives[-1]) if row[0] in train_uids}

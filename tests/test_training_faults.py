@@ -120,6 +120,18 @@ def test_resume_of_something_that_is_not_a_run(data, tmp_path, capsys):
     assert "not a luna run directory" in capsys.readouterr().err
 
 
+def test_resume_with_another_model_names_the_one_it_trained(data, tmp_path, capsys):
+    assert run_app(LunaTrainingApp, _argv(data, tmp_path, "--epochs", "1", "--epoch-size", "8",
+                                          "--model", "luna_bn")) == 0
+    run_dir = _run_dir(tmp_path)
+    before = (run_dir / "last.pt").read_bytes()
+    # The default model is another one: the resume must say which to pass, and touch nothing.
+    assert run_app(LunaTrainingApp, _argv(data, tmp_path, "--epochs", "2", "--resume", str(run_dir))) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the run trained --model luna_bn; pass --model luna_bn" in err
+    assert (run_dir / "last.pt").read_bytes() == before
+
+
 def test_soak_rss_and_open_files_stay_flat(data, tmp_path):
     epochs = 150
     cmd = [sys.executable, "-m", "luna.training",
