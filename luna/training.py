@@ -306,9 +306,9 @@ class LunaTrainingApp:
         """Load ``run_dir/last.pt`` into the training state; return (next epoch, samples seen)."""
         a, ctx = self.args, self.ctx
         ckpt = load_checkpoint(run_dir / "last.pt", map_location=ctx.device)
-        used = ckpt.get("model_config", {}).get("name", a.model)
-        if used != a.model:  # e.g. a run from before luna_centre became the default
-            raise UsageError(f"--resume {run_dir}: the run trained --model {used}; pass --model {used}")
+        trained = ckpt.get("model_config", {}).get("name", a.model)
+        if trained != a.model:  # e.g. a run from before luna_centre became the default: say which flag
+            raise UsageError(f"--resume {run_dir}: the run trained --model {trained}; pass --model {trained}")
         load_model_state(model, ckpt, run_dir / "last.pt", expected_name=a.model)
         used = ckpt.get("args", {}).get("optimizer", a.optimizer)
         if used != a.optimizer:

@@ -201,7 +201,7 @@ def test_centre_model_reads_the_centre_at_full_resolution():
     x = torch.randn(2, 1, 32, 48, 48) * 300
     logits, probabilities = model(x)
     assert logits.shape == probabilities.shape == (2, 2)
-    # Changing a voxel at the crop's centre reaches the centre branch; the config rebuilds it.
+    # The stored config rebuilds the same network, and the branch sees the central 16 x 24 x 24.
     rebuilt = build_model(json.loads(json.dumps(model.config))).eval()
     rebuilt.load_state_dict(model.state_dict())
     torch.testing.assert_close(rebuilt(x)[0], logits)
