@@ -129,6 +129,13 @@ class LunaModel(nn.Module):
                 # uniform_: the biases are drawn with mean -bound and standard deviation bound.
                 nn.init.normal_(module.bias, -bound, bound)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The (N, F) features the head reads: the four blocks' output, flattened."""
+        x = self.tail_batchnorm(x)
+        x = self.block4(self.block3(self.block2(self.block1(x))))
+        # flatten, not view: a channels_last_3d activation is not viewable as (N, -1).
+        return torch.flatten(x, 1)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Classify a batch of crops.
 
@@ -139,10 +146,7 @@ class LunaModel(nn.Module):
             (logits, probabilities), both (N, 2); column 1 is "nodule". The logits feed the
             loss, the probabilities the metrics.
         """
-        x = self.tail_batchnorm(x)
-        x = self.block4(self.block3(self.block2(self.block1(x))))
-        # flatten, not view: a channels_last_3d activation is not viewable as (N, -1).
-        features = torch.flatten(x, 1)
+        features = self.features(x)
         # The head runs in float32 even under autocast: bf16 logits keep 8 significant bits, so
         # dozens of candidates would tie at probability 1.0 and blur the top of the ranking
         # that FROC scores. It is one small matrix product.
@@ -167,6 +171,9 @@ class LunaBnModel(LunaModel):
                  block_channels: Sequence[int] | None = None) -> None:
         super().__init__(in_channels, conv_channels, crop_shape_irc, batch_norm_from=batch_norm_from,
                          block_channels=block_channels)
+        self._start_head_small()
+
+    def _start_head_small(self) -> None:
         # The reference's fan_out init of the head assumes small, un-normalised features; after
         # batch norm the 1,152 features have unit scale and it would start with logits of
         # standard deviation ~30 (losses near 10). Start the head small instead.
@@ -202,10 +209,10 @@ class LunaCentreModel(LunaBnModel):
         for module in self.centre_blocks.modules():
             if isinstance(module, nn.Conv3d):
                 nn.init.kaiming_normal_(module.weight, a=0, mode="fan_out", nonlinearity="relu")
-        nn.init.normal_(self.head_linear.weight, std=0.01)
-        nn.init.zeros_(self.head_linear.bias)
+        self._start_head_small()  # the head was rebuilt wider: start it small again
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's and the centre branch's features, flattened side by side."""
         x = self.tail_batchnorm(x)
         size = x.shape[-3:]
         centre = x[..., size[0] // 4: size[0] // 4 + size[0] // 2, size[1] // 4: size[1] // 4 + size[1] // 2,
@@ -214,10 +221,7 @@ class LunaCentreModel(LunaBnModel):
         if x.is_contiguous(memory_format=torch.channels_last_3d):
             centre = centre.contiguous(memory_format=torch.channels_last_3d)
         trunk = self.block4(self.block3(self.block2(self.block1(x))))
-        features = torch.cat([torch.flatten(trunk, 1), torch.flatten(self.centre_blocks(centre), 1)], dim=1)
-        with torch.autocast(device_type=features.device.type, enabled=False):
-            logits = self.head_linear(features.float())
-            return logits, self.head_softmax(logits)
+        return torch.cat([torch.flatten(trunk, 1), torch.flatten(self.centre_blocks(centre), 1)], dim=1)
 
 
 MODELS: dict[str, type[LunaModel]] = {

@@ -306,10 +306,13 @@ class LunaTrainingApp:
         """Load ``run_dir/last.pt`` into the training state; return (next epoch, samples seen)."""
         a, ctx = self.args, self.ctx
         ckpt = load_checkpoint(run_dir / "last.pt", map_location=ctx.device)
-        trained = ckpt.get("model_config", {}).get("name", a.model)
-        if trained != a.model:  # e.g. a run from before luna_centre became the default: say which flag
+        # The model name is checked here rather than by load_model_state so that the error names
+        # the flag to pass: a run from before luna_centre became the default resumes only with
+        # its own --model.
+        trained = ckpt.get("model_name")
+        if trained != a.model:
             raise UsageError(f"--resume {run_dir}: the run trained --model {trained}; pass --model {trained}")
-        load_model_state(model, ckpt, run_dir / "last.pt", expected_name=a.model)
+        load_model_state(model, ckpt, run_dir / "last.pt")
         used = ckpt.get("args", {}).get("optimizer", a.optimizer)
         if used != a.optimizer:
             raise UsageError(f"--resume {run_dir}: the run used --optimizer {used}, not {a.optimizer}")
