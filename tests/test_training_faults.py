@@ -4,6 +4,7 @@ import csv
 import os
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -152,9 +153,12 @@ def test_soak_rss_and_open_files_stay_flat(data, tmp_path):
         assert proc.wait(timeout=5) == 0
     finally:
         proc.kill()
-    warm = [s for s in samples if 20 <= s[0] <= 30]
+    # RSS swings by 100 MiB or more inside one epoch (validation allocates and frees whole batches),
+    # so a window's maximum is noise: compare the medians of two windows of the same length,
+    # which a leak of 0.5 MiB an epoch (~55 MiB between them) still moves past the bound.
+    warm = [s for s in samples if 20 <= s[0] < 40]
     late = [s for s in samples if s[0] >= epochs - 20]
     assert warm and late, samples[-3:]
-    rss_growth = max(s[1] for s in late) - max(s[1] for s in warm)
+    rss_growth = statistics.median(s[1] for s in late) - statistics.median(s[1] for s in warm)
     assert rss_growth < 40 * 2**20, f"RSS grew {rss_growth / 2**20:.1f} MiB over {epochs} epochs"
     assert max(s[2] for s in late) <= max(s[2] for s in warm) + 2
