@@ -31,9 +31,10 @@ import psutil  # noqa: E402
 
 from bench_report import Report, load_average  # noqa: E402
 
-from luna.candidates import find_series_files, get_candidate_info_list  # noqa: E402
-from luna.config import CropConfig  # noqa: E402
-from luna.ct import read_mhd_header  # noqa: E402
+from luna.data.candidates import get_candidate_info_list  # noqa: E402
+from luna.io.scans import find_series_files  # noqa: E402
+from luna.data.crops import CropConfig  # noqa: E402
+from luna.io.metaimage import read_mhd_header  # noqa: E402
 
 LUNA16_CANDIDATES = 551_065
 INT16_CROP_BYTES = 32 * 48 * 48 * 2
@@ -49,7 +50,7 @@ def make_data(data_dir: Path, quick: bool) -> str:
     """Write the benchmark's scans; return a line saying what was written."""
     n_series, ratio = (2, 10) if quick else (8, 40)
     try:
-        from luna.phantom import make_dataset
+        from luna.synth import make_dataset
         summary = make_dataset(data_dir, n_series=n_series, size="small", negatives_per_positive=ratio,
                                workers=2)
         return (f"luna.phantom.make_dataset(n_series={n_series}, size='small', negatives_per_positive={ratio}): "
@@ -83,7 +84,7 @@ def child_fill(design: str, data_dir: Path, cache_dir: Path, workers: int) -> No
     """Fill one cache from scratch; print JSON with the fill time and this process's memory
     after imports (the baseline the parent subtracts)."""
     if design == "ours":
-        from luna.cache import CropCache, fill_cache
+        from luna.data.cache import CropCache, fill_cache
     else:
         import reference_cache
     baseline = _own_memory()
@@ -200,8 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     import reference_cache
-    from luna.bench_loader import measure_loader, time_train_steps
-    from luna.dataset import LunaDataset
+    from luna.train.throughput import measure_loader, time_train_steps
+    from luna.data.dataset import LunaDataset
 
     quick = args.quick
     repeats = args.repeats or (1 if quick else 3)

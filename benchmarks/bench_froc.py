@@ -3,7 +3,7 @@
 A results file the size of a LUNA16 submission (888 scans, 551,065 candidates, 1,186 nodules in
 601 scans; nodules found with higher probabilities than the rest) is scored twice:
 
-- **CPM**: ``luna.froc.compute_cpm`` (matching by array operations per scan) against a loop in
+- **CPM**: ``luna.eval.froc.compute_froc`` (matching by array operations per scan) against a loop in
   the style of the official evaluation script (every scored candidate tested against every
   nodule of its scan in Python). Both must give the same CPM; the benchmark stops if not.
 - **Bootstrap** (1,000 resamples of the scans): ``luna.froc.bootstrap_froc``, all resamples as
@@ -27,8 +27,8 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 import numpy as np  # noqa: E402
 
 from bench_report import Report  # noqa: E402
-from luna.froc import (FP_RATES, MAX_MARKS_PER_SCAN, bootstrap_froc, compute_cpm,  # noqa: E402
-                       match_candidates)
+from luna.eval.froc import bootstrap_froc, compute_froc, match_candidates  # noqa: E402
+from luna.luna16.rules import FP_RATES, MAX_MARKS_PER_SCAN  # noqa: E402
 
 LUNA16 = {"scans": 888, "candidates": 551_065, "nodules": 1_186, "annotated_scans": 601}
 
@@ -112,7 +112,7 @@ def main() -> None:
     say(f"study: {len(set(uids) | set(nodules))} scans, {len(uids):,} candidates, {n_nodules:,} nodules "
         f"in {len(nodules)} scans")
 
-    ours_s, ours = best_of(3, lambda: compute_cpm(uids, centers, probs, nodules).cpm)
+    ours_s, ours = best_of(3, lambda: compute_froc(uids, centers, probs, nodules).cpm)
     loop_s, loop = best_of(1, lambda: loop_cpm(uids, centers, probs, nodules))
     if abs(ours - loop) > 1e-12:
         raise SystemExit(f"CPM differs: luna.froc {ours!r}, loop {loop!r}")
@@ -139,7 +139,7 @@ def main() -> None:
                 names += [name] * len(rows_of.get(scans[s], []))
                 if scans[s] in nodules:
                     ann[name] = nodules[scans[s]]
-            compute_cpm(names, centers[idx], probs[idx], ann)
+            compute_froc(names, centers[idx], probs[idx], ann)
 
     each_s, _ = best_of(1, rescore_each)
     each_1000 = each_s / few * 1000

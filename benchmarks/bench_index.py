@@ -99,7 +99,7 @@ def peak_rss_kib() -> int:
 
 def child(data_dir: str | None) -> None:
     """In a fresh process: import, then (unless data_dir is None) read the list; print JSON."""
-    from luna.candidates import get_candidate_info_list
+    from luna.data.candidates import get_candidate_info_list
     imports_kib = peak_rss_kib()
     result = {"imports_kib": imports_kib}
     if data_dir is not None:

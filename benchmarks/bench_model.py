@@ -8,12 +8,11 @@ side in one run, on the same random HU batches, batch 32, one 32x48x48 crop per 
 - LunaModel with the speed settings luna picks on a CPU (bf16 autocast, channels_last_3d);
 - luna_bn with a BatchNorm after every convolution (``batch_norm_from=1``);
 - luna_bn as shipped (BatchNorm from block 2 on; block 1 keeps the reference's convolutions);
-- luna_bn with wider late blocks (``luna train --block-channels 8,16,64,128``);
 - luna_centre, the default (luna_bn plus a branch of 16/32/64 channels on the crop's central 16x24x24).
 
 A training step is forward, float32 cross-entropy, backward and an AdamW step; inference is a
 forward pass under ``no_grad`` in eval mode. Also timed: the default augmentation of one batch
-(``luna.augment.augment_batch``) and its affine sampling grid built two ways, with
+(``luna.train.augment.augment_batch``) and its affine sampling grid built two ways, with
 ``torch.nn.functional.affine_grid`` and with luna's broadcasting ``sampling_grid``. Rounds are taken in turn across the cases, so that
 bursts of other load on a shared machine hit them alike, and each case keeps its best round.
 
@@ -35,9 +34,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench_report import Report, load_average  # noqa: E402
-from luna.augment import AugmentConfig, augment_batch, build_theta, draw_params, sampling_grid  # noqa: E402
-from luna.engine import StepConfig  # noqa: E402
-from luna.model import build_model, count_parameters, prepare_model  # noqa: E402
+from luna.train.augment import AugmentConfig, augment_batch, build_theta, draw_params, sampling_grid  # noqa: E402
+from luna.runtime.device import StepConfig  # noqa: E402
+from luna.models.classifier import build_model, count_parameters  # noqa: E402
+from luna.runtime.device import prepare_model  # noqa: E402
 
 BATCH_SIZE = 32
 
@@ -55,7 +55,6 @@ CASES = [
     Case("luna, bf16 + channels-last", {"name": "luna"}, "bf16", True),
     Case("luna_bn, norm in every block", {"name": "luna_bn", "batch_norm_from": 1}, "bf16", True),
     Case("luna_bn, norm from block 2", {"name": "luna_bn"}, "bf16", True),
-    Case("luna_bn, blocks 8,16,64,128", {"name": "luna_bn", "block_channels": (8, 16, 64, 128)}, "bf16", True),
     Case("luna_centre (default)", {"name": "luna_centre"}, "bf16", True),
 ]
 
@@ -64,7 +63,7 @@ class Runner:
     """One case's model, optimiser and batch, ready to time."""
 
     def __init__(self, case: Case, batch: torch.Tensor, labels: torch.Tensor) -> None:
-        self.cfg = StepConfig(torch.device("cpu"), case.precision, case.channels_last, None)
+        self.cfg = StepConfig(torch.device("cpu"), case.precision, case.channels_last)
         torch.manual_seed(0)
         model = build_model(case.model_config)
         self.parameters = count_parameters(model)
@@ -147,9 +146,8 @@ def main(argv: list[str] | None = None) -> None:
                    f"{infer:>8.1f} {infer / eval_rate[0]:>6.2f}")
     every, default = train_rate[2], train_rate[3]
     report.say(f"\nluna_bn training, norm from block 2 vs in every block: {default / every:.2f}x")
-    report.say(f"time of a training step against luna_bn: wider blocks {default / train_rate[4]:.2f}x, "
-               f"luna_centre {default / train_rate[5]:.2f}x; of inference: {eval_rate[3] / eval_rate[4]:.2f}x, "
-               f"{eval_rate[3] / eval_rate[5]:.2f}x")
+    report.say(f"time of a training step against luna_bn: luna_centre {default / train_rate[4]:.2f}x; "
+               f"of inference: {eval_rate[3] / eval_rate[4]:.2f}x")
 
     # Augmentation, as training applies it: on the float32 channels-last batch, default strengths.
     x = runners[3].batch
@@ -161,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     step_ms = BATCH_SIZE / default * 1000
     report.say(f"augmentation of a batch: {aug_ms:.1f} ms ({aug_ms / step_ms:.0%} of a luna_bn training step of "
                f"{step_ms:.0f} ms); its sampling grid: F.affine_grid {torch_grid_ms:.1f} ms, "
-               f"luna.augment.sampling_grid {our_grid_ms:.1f} ms ({torch_grid_ms / our_grid_ms:.1f}x)")
+               f"luna.train.augment.sampling_grid {our_grid_ms:.1f} ms ({torch_grid_ms / our_grid_ms:.1f}x)")
     report.write()
 
 

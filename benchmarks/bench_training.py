@@ -5,12 +5,12 @@ Both designs train LunaModel over the full training split and validate every epo
 (the reference's SGD, lr 0.001, momentum 0.99, constant rate, no augmentation), so that the
 only differences are the data and compute path:
 
-- ours: a real ``python -m luna.training`` run: int16 crops from our cache, bf16 autocast on
+- ours: a real ``python -m luna train`` run: int16 crops from our cache, bf16 autocast on
   the CPU, channels_last_3d (``--precision auto --channels-last auto``). Its epochs are timed
   by the app itself (``summary.csv``: train + validation + metrics, FROC and TensorBoard).
 - baseline: the reference's design in a child of this script: float32 samples from the
   gzip/pickle diskcache of ``reference_cache.py``, float32 model, default memory format, run
-  by our ``luna.engine`` loops with ``StepConfig(precision="fp32", channels_last=False)``.
+  by our ``luna.train.engine`` loops with ``StepConfig(precision="fp32", channels_last=False)``.
 
 Also: validation ROC AUC of both after the same epochs, the main training process's RSS per
 epoch (it must stay flat), and one run with our default recipe (balanced sampling,
@@ -58,7 +58,7 @@ CROP_EDGE = "shift"
 SEED = 0
 # The reference's optimiser and sampling, for both designs (weight decay: the reference has none).
 REFERENCE_RECIPE = ["--model", "luna", "--optimizer", "sgd", "--lr", "0.001", "--momentum", "0.99",
-                    "--weight-decay", "0", "--lr-schedule", "constant", "--balanced", "0", "--no-augmented"]
+                    "--weight-decay", "0", "--lr-schedule", "constant", "--balanced", "0", "--no-augment"]
 EPOCH_LINE = re.compile(r"Epoch (\d+) of (\d+)")
 
 
@@ -154,9 +154,9 @@ class Epoch:
 
 def run_ours(work: Path, data_dir: Path, cache_dir: Path, comment: str, extra: list[str],
              epochs: int, val_stride: int) -> tuple[list[Epoch], Trace, list[str]]:
-    """``python -m luna.training`` with the benchmark's data flags plus ``extra``; its epochs
+    """``python -m luna train`` with the benchmark's data flags plus ``extra``; its epochs
     come from the run's summary.csv."""
-    from luna.runlog import read_summary
+    from luna.runtime.rundir import read_summary
 
     runs_dir = work / "runs"
     flags = ["--data-dir", str(data_dir), "--cache-dir", str(cache_dir), "--runs-dir", str(runs_dir),
@@ -164,7 +164,7 @@ def run_ours(work: Path, data_dir: Path, cache_dir: Path, comment: str, extra: l
              "--num-workers", str(NUM_WORKERS), "--batch-size", str(BATCH_SIZE), "--epochs", str(epochs),
              "--seed", str(SEED), "--device", "cpu", "--precision", "auto", "--channels-last", "auto",
              "--best-metric", "auc/roc", "--crop-edge", CROP_EDGE, "--crop-mm", "0", *extra, comment]
-    trace = watch([sys.executable, "-m", "luna.training", *flags])
+    trace = watch([sys.executable, "-m", "luna", "train", *flags])
     summary = next((runs_dir / "bench").glob(f"*-{comment}/summary.csv"))
     result, seen = [], 0
     for row in read_summary(summary):
@@ -184,11 +184,14 @@ def child_baseline(config: dict) -> None:
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from luna.candidates import find_series_files, get_candidate_info_list, split_candidates
-    from luna.distributed import seed_everything
-    from luna.engine import StepConfig, evaluate, train_one_epoch
-    from luna.metrics import compute_epoch_metrics
-    from luna.model import build_model, prepare_model
+    from luna.data.candidates import get_candidate_info_list
+    from luna.io.scans import find_series_files
+    from luna.luna16.candidates import split_candidates
+    from luna.runtime.distributed import seed_everything
+    from luna.runtime.device import StepConfig
+    from luna.train.engine import epoch_metrics, evaluate, train_one_epoch
+    from luna.models.classifier import build_model
+    from luna.runtime.device import prepare_model
 
     data_dir, stride = Path(config["data_dir"]), config["val_stride"]
     # Seeded exactly as the app seeds before building its model: the same initial weights.
@@ -214,7 +217,7 @@ def child_baseline(config: dict) -> None:
         trn_t, _ = train_one_epoch(model, train_loader, optimizer, None, None, cfg, epoch)
         train_seconds = time.monotonic() - started
         val_t, _ = evaluate(model, val_loader, cfg, epoch)
-        trn, val = compute_epoch_metrics(trn_t), compute_epoch_metrics(val_t)
+        trn, val = epoch_metrics(trn_t), epoch_metrics(val_t)
         seconds = time.monotonic() - started
         print(json.dumps({"epoch": epoch, "train_samples": trn_t.shape[1], "val_samples": val_t.shape[1],
                           "seconds": seconds, "train_seconds": train_seconds, "trn_loss": trn["loss/all"],
@@ -238,10 +241,10 @@ def run_baseline(data_dir: Path, cache_dir: Path, epochs: int, val_stride: int) 
 # --------------------------------------------------------------------------- data and caches (not timed)
 
 def make_data(data_dir: Path, n_series: int, ratio: int) -> str:
-    from luna.phantom import make_dataset
+    from luna.synth import make_dataset
     summary = make_dataset(data_dir, n_series=n_series, seed=SEED, size="small", negatives_per_positive=ratio,
                            workers=NUM_WORKERS)
-    return (f"luna.phantom.make_dataset(n_series={n_series}, seed={SEED}, size='small', "
+    return (f"luna.synth.make_dataset(n_series={n_series}, seed={SEED}, size='small', "
             f"negatives_per_positive={ratio}): {summary.n_positive} positives, {summary.n_negative} negatives "
             f"({summary.seconds:.0f} s)")
 
@@ -251,9 +254,10 @@ def fill_caches(data_dir: Path, ours_dir: Path, ref_dir: Path) -> tuple[float, f
     process); return both wall times."""
     from collections import defaultdict
 
-    from luna.cache import CropCache, fill_cache
-    from luna.candidates import find_series_files, get_candidate_info_list
-    from luna.config import CropConfig
+    from luna.data.cache import CropCache, fill_cache
+    from luna.data.candidates import get_candidate_info_list
+    from luna.io.scans import find_series_files
+    from luna.data.crops import CropConfig
 
     candidates = get_candidate_info_list(data_dir)
     series_paths = find_series_files(data_dir)
@@ -275,9 +279,10 @@ def check_same_samples(data_dir: Path, ours_dir: Path, ref_dir: Path, val_stride
     labels, uids and centres), or the comparison means nothing. Returns the samples checked."""
     import torch
 
-    from luna.candidates import find_series_files, split_candidates
-    from luna.config import CropConfig
-    from luna.dataset import LunaDataset
+    from luna.io.scans import find_series_files
+    from luna.luna16.candidates import split_candidates
+    from luna.data.crops import CropConfig
+    from luna.data.dataset import LunaDataset
 
     ours = LunaDataset(data_dir, val_stride=val_stride, is_val=False, split="scan", cache_dir=ours_dir,
                        return_index=True, crop=CropConfig(edge=CROP_EDGE, voxel_mm=0.0), crop_dtype=torch.int16)
@@ -340,7 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
-    from luna.candidates import get_candidate_info_list, split_candidates
+    from luna.data.candidates import get_candidate_info_list
+    from luna.luna16.candidates import split_candidates
 
     quick = args.quick
     n_series, ratio, val_stride, epochs = SETTINGS["quick" if quick else "full"]
@@ -379,14 +385,14 @@ def main(argv: list[str] | None = None) -> None:
                 ("baseline (reference design)", base, base_trace),
                 ("ours, default recipe", default, default_trace)]
         say("\n== runs ==")
-        say("ours, reference recipe: python -m luna.training " + " ".join(
+        say("ours, reference recipe: python -m luna train " + " ".join(
             f if not f.startswith("/") else "<" + Path(f).name + ">" for f in ours_flags))
         say("  = int16 crops (luna.cache), bf16 autocast, channels_last_3d, SGD lr 0.001 momentum 0.99, "
             "constant rate, natural order, no augmentation; epoch seconds from its summary.csv (training, "
             "validation, metrics, FROC, TensorBoard)")
         say("baseline: this script's child: float32 crops from reference_cache.py's gzip/pickle diskcache "
             "(2 workers, default prefetch), float32 model, contiguous memory format, the same SGD, sampler, seed "
-            "and initial weights; luna.engine loops with StepConfig(precision='fp32', channels_last=False); "
+            "and initial weights; luna.train.engine loops with StepConfig(precision='fp32', channels_last=False); "
             "epoch seconds = training + validation + metrics")
         say("ours, default recipe: the same command without the recipe flags (balanced 1:1 sampling, "
             "augmentation, AdamW + cosine schedule): for scale, not part of the ratio")

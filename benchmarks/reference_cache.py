@@ -34,9 +34,9 @@ import torch
 from diskcache import FanoutCache
 from diskcache.core import MODE_BINARY, Disk
 
-from luna.candidates import CandidateInfo
-from luna.config import CROP_SHAPE_IRC, HU_MAX, HU_MIN
-from luna.geometry import xyz2irc
+from luna.luna16.candidates import CandidateInfo
+from luna.luna16.sample import CROP_SHAPE_IRC, HU_MAX, HU_MIN
+from luna.luna16.geometry import xyz2irc
 
 MODES = ("gzip", "as-written")
 

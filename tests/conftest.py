@@ -9,7 +9,7 @@ import pytest
 import torch
 import SimpleITK as sitk
 
-from luna.geometry import irc2xyz
+from luna.luna16.geometry import irc2xyz
 
 UID_PREFIX = "1.3.6.1.4.1.14519.5.2.1.6279.6001."
 
@@ -77,7 +77,7 @@ def make_spread_model(seed: int = 0, crop_shape_irc=(32, 48, 48), hu_mean: float
     a lower ``hu_mean``, a wider ``hu_std`` and a smaller ``head_scale``.
     """
     torch.manual_seed(seed)
-    from luna.model import LunaModel
+    from luna.models.classifier import LunaModel
 
     model = LunaModel(conv_channels=4, crop_shape_irc=crop_shape_irc)
     with torch.no_grad():

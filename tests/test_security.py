@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from luna.checkpoint import load_checkpoint
+from luna.runtime.checkpoint import load_checkpoint
 from luna.errors import DataError
 
 PACKAGE = Path(__file__).resolve().parents[1] / "luna"
-SOURCES = {p.name: p.read_text() for p in PACKAGE.glob("*.py")}
+SOURCES = {str(p.relative_to(PACKAGE)): p.read_text() for p in PACKAGE.rglob("*.py")}
 
 
 def test_every_torch_load_is_weights_only():

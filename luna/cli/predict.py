@@ -1,0 +1,69 @@
+"""``luna predict``: score candidates with a trained model and write a LUNA16 results file."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from luna.cli.common import add_common_args, add_device_args, new_parser, non_negative_float, positive_int, run_app
+from luna.eval.suppression import NMS_RADIUS_MM, SUPPRESSED_SCALE
+from luna.infer.predict import SPLIT_CHOICES, PredictConfig, predict
+from luna.models.views import VIEW_COUNTS
+
+log = logging.getLogger(__name__)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = new_parser("luna predict", "Score candidates with a trained model and write a LUNA16 results file "
+                                        "(seriesuid,coordX,coordY,coordZ,probability).")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="a checkpoint file, or a training run directory (its best.pt, which luna train makes the "
+                             "final weights unless told otherwise by --best-metric); required")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="LUNA16-layout root holding subset*/ and the CSVs (default: the training "
+                             "run's --data-dir, else $LUNA_DATA_DIR or data/luna16)")
+    parser.add_argument("--candidates", type=Path, default=None,
+                        help="candidates CSV (default: candidates.csv or candidates_V2.csv in the data dir)")
+    parser.add_argument("--annotations", type=Path, default=None,
+                        help="annotations CSV, used to order candidates as training did (default: "
+                             "annotations.csv in the data dir; needed only to redo a candidate-level split)")
+    parser.add_argument("--series", nargs="+", default=None, metavar="UID",
+                        help="only these series (default: every scan of the split)")
+    parser.add_argument("--split", choices=SPLIT_CHOICES, default=None,
+                        help="val: the scans the training run held out (same val_stride and split as "
+                             "the checkpoint's run); train: the others; all: every scan on disk "
+                             "(default: val on the training run's own data dir, else all; all with --series)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results CSV (default: predictions_<split>.csv beside the checkpoint)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="crops per forward pass")
+    parser.add_argument("--tta-views", type=int, choices=VIEW_COUNTS, default=8,
+                        help="test-time augmentation: average the model over this many in-plane symmetric "
+                             "views of each crop (turns, mirror images); 1 = off, the compute grows with it")
+    parser.add_argument("--nms-mm", type=non_negative_float, default=NMS_RADIUS_MM,
+                        help="non-maximum suppression: a candidate closer than this to a higher-scoring "
+                             f"one of its scan is taken as the same finding and its probability is scaled by "
+                             f"{SUPPRESSED_SCALE:g} (every row is still written); 0 = off")
+    add_device_args(parser)
+    parser.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=True,
+                        help="read the next scan in a background thread while this one is scored")
+    return add_common_args(parser)
+
+
+class LunaPredictApp:
+    """Score candidates. ``LunaPredictApp(["--checkpoint", "runs/luna/<run>"]).main()``."""
+
+    def __init__(self, argv: Sequence[str] | None = None):
+        args = vars(get_args_parser().parse_args(argv))
+        args.pop("debug", None)
+        self.config = PredictConfig(**args)
+
+    def main(self) -> Path:
+        """Score the selected candidates; return the path of the results file."""
+        log.info("Starting %s, %s", type(self).__name__, self.config)
+        return predict(self.config)
+
+
+if __name__ == "__main__":
+    sys.exit(run_app(LunaPredictApp, prog="luna predict"))

@@ -1,0 +1,199 @@
+"""Scoring the candidates of a data dir with a trained model into a LUNA16 results file.
+
+The output (``seriesuid,coordX,coordY,coordZ,probability``) is what ``luna evaluate`` and the
+official LUNA16 scripts read. Scans are read directly, one at a time, so they need not be in
+the crop cache and nothing but the results file is written. On the training run's own data dir
+the default split, ``val``, scores exactly the scans that the run held out for validation; on
+any other data dir every scan is new, and every scan is scored.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from luna.data.candidates import get_candidate_info_list
+from luna.data.crops import CropConfig
+from luna.errors import DataError, UsageError
+from luna.eval.suppression import NMS_RADIUS_MM, suppress_neighbours
+from luna.infer.scoring import ScanJob, iter_scan_scores
+from luna.io.scans import find_series_files
+from luna.luna16.candidates import CandidateInfo, split_candidates
+from luna.luna16.csvfiles import PREDICTION_COLUMNS, format_mm, write_table
+from luna.luna16.geometry import XyzTuple
+from luna.luna16.paths import ANNOTATION_FILE_NAMES, default_data_dir, find_optional_csv, predictions_name
+from luna.luna16.sample import CROP_SHAPE_IRC
+from luna.progress import enumerate_with_estimate
+from luna.runtime.checkpoint import load_checkpoint, load_model, resolve_checkpoint_path
+from luna.runtime.device import StepConfig, prepare_model, resolve_device, resolve_performance
+
+log = logging.getLogger(__name__)
+
+SPLIT_CHOICES = ("val", "train", "all")
+# What training assumed when a checkpoint does not record its split flags.
+DEFAULT_VAL_STRIDE = 10
+DEFAULT_SPLIT_MODE = "scan"
+
+
+@dataclass
+class PredictConfig:
+    """What ``luna predict`` is told (see its ``--help`` for each)."""
+
+    checkpoint: Path
+    data_dir: Path | None = None
+    candidates: Path | None = None
+    annotations: Path | None = None
+    series: list[str] | None = None
+    split: str | None = None
+    out: Path | None = None
+    batch_size: int = 64
+    tta_views: int = 8
+    nms_mm: float = NMS_RADIUS_MM
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: str = "auto"
+    prefetch: bool = True
+
+
+def read_candidates(data_dir: Path, candidates_csv: Path | None,
+                    annotations_csv: Path | None) -> tuple[list[CandidateInfo], bool]:
+    """All candidates of the scans on disk, sorted as training sorted them.
+
+    Scans scored for the first time often come with a candidates list and no annotations:
+    then diameters are unknown (0). That changes nothing in which *scans* a split picks, only
+    the order that a candidate-level split depends on.
+
+    Returns:
+        ``(candidates, has_annotations)``.
+    """
+    annotations_csv = annotations_csv or find_optional_csv(data_dir, ANNOTATION_FILE_NAMES)
+    return get_candidate_info_list(data_dir, candidates_csv, annotations_csv), annotations_csv is not None
+
+
+def default_split(data_dir: Path, train_args: dict[str, Any], has_series: bool) -> str:
+    """The split to score when none is given.
+
+    On the data the checkpoint was trained on, only its held-out scans are fair to score
+    ("val"); any other data dir holds new scans, all of them unseen ("all"), as does an explicit
+    ``--series`` list.
+    """
+    if has_series:
+        return "all"
+    trained_on = train_args.get("data_dir")
+    same = trained_on is not None and Path(trained_on).resolve() == Path(data_dir).resolve()
+    if not same:
+        log.info("%s is not the training run's data dir (%s): scoring every scan (--split all)", data_dir,
+                 trained_on or "not recorded")
+    return "val" if same else "all"
+
+
+def select_candidates(candidates: Sequence[CandidateInfo], split: str, val_stride: int, split_mode: str,
+                      series: Sequence[str] | None = None) -> list[CandidateInfo]:
+    """The candidates of one side of the training run's split, optionally of some scans only.
+
+    Args:
+        candidates: the full sorted list (as :func:`read_candidates` gives it).
+        split: "val", "train" or "all".
+        val_stride, split_mode: the training run's ``--val-stride`` and ``--split``.
+        series: keep only these series uids.
+
+    Raises:
+        DataError: a uid in ``series`` has no candidates on disk, or lies on the other side.
+    """
+    selected = list(candidates) if split == "all" else split_candidates(
+        candidates, val_stride, is_val=split == "val", split=split_mode)
+    if series is None:
+        return selected
+    known = {c.series_uid for c in candidates}
+    in_split = {c.series_uid for c in selected}
+    for uid in series:
+        if uid not in known:
+            raise DataError(f"--series {uid}: no candidates of that series on a scan on disk")
+        if uid not in in_split:
+            raise DataError(f"--series {uid} is not in the {split} split of the training run "
+                            f"(val_stride={val_stride}, split={split_mode}); use --split all")
+    wanted = set(series)
+    return [c for c in selected if c.series_uid in wanted]
+
+
+def make_jobs(candidates: Sequence[CandidateInfo], series_paths: dict[str, Path]) -> list[ScanJob]:
+    """One job per scan (sorted by uid), candidates in the order of ``candidates``."""
+    centers: dict[str, list[XyzTuple]] = defaultdict(list)
+    for info in candidates:
+        centers[info.series_uid].append(info.center_xyz)
+    return [ScanJob(uid, series_paths[uid], centers[uid]) for uid in sorted(centers)]
+
+
+def result_rows(scored: Iterable[tuple[ScanJob, np.ndarray]], nms_mm: float = 0.0) -> Iterator[list[str]]:
+    """The results file's rows, scan by scan; ``nms_mm`` > 0 applies
+    :func:`~luna.eval.suppression.suppress_neighbours` to each scan's probabilities first."""
+    for job, probabilities in scored:
+        probabilities = suppress_neighbours(np.asarray(job.centers_xyz), probabilities, nms_mm)
+        for (x, y, z), p in zip(job.centers_xyz, probabilities.tolist()):
+            yield [job.series_uid, format_mm(x), format_mm(y), format_mm(z), f"{p:.6g}"]
+
+
+def crop_of_checkpoint(ckpt_path: Path, ckpt: dict[str, Any]) -> CropConfig:
+    """The crops a checkpoint's model was trained on; runs from before ``--crop-edge`` existed used
+    the reference's shift rule."""
+    train_args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    try:
+        return CropConfig(shape_irc=tuple(ckpt["model_config"].get("crop_shape_irc", CROP_SHAPE_IRC)),
+                          edge=str(train_args.get("crop_edge", "shift")),
+                          voxel_mm=float(train_args.get("crop_mm", 0.0)))
+    except ValueError as exc:
+        raise DataError(f"{ckpt_path}: {exc}") from None
+
+
+def predict(config: PredictConfig) -> Path:
+    """Score the selected candidates and write the results file; return its path."""
+    ckpt_path = resolve_checkpoint_path(config.checkpoint)
+    ckpt = load_checkpoint(ckpt_path)
+    model = load_model(ckpt_path, ckpt)
+    train_args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+
+    data_dir = config.data_dir or (Path(train_args["data_dir"]) if train_args.get("data_dir") else default_data_dir())
+    split = config.split or default_split(data_dir, train_args, bool(config.series))
+    val_stride = int(train_args.get("val_stride", DEFAULT_VAL_STRIDE))
+    split_mode = str(train_args.get("split", DEFAULT_SPLIT_MODE))
+    series_paths = find_series_files(data_dir)
+    candidates, has_annotations = read_candidates(data_dir, config.candidates, config.annotations)
+    if not has_annotations and split != "all" and split_mode == "candidate":
+        raise DataError(f"--split {split}: the run split by candidate, which depends on the nodule "
+                        f"diameters; give --annotations (none found in {data_dir})")
+    selected = select_candidates(candidates, split, val_stride, split_mode, config.series)
+    if not selected:
+        raise DataError(f"the {split} split of {data_dir} is empty (val_stride={val_stride}, split={split_mode})")
+    jobs = make_jobs(selected, series_paths)
+    out = config.out or ckpt_path.parent / predictions_name(split)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory; give a file name such as {out / 'predictions.csv'}")
+
+    device = resolve_device(config.device)
+    perf = resolve_performance(config.precision, config.channels_last, device)
+    model = prepare_model(model, device, perf.channels_last).eval()
+    step_cfg = StepConfig(device, perf.precision, perf.channels_last)
+    crop = crop_of_checkpoint(ckpt_path, ckpt)
+    if config.tta_views == 8 and crop.shape_irc[1] != crop.shape_irc[2]:
+        raise UsageError(f"--tta-views 8 needs square crops, the model takes {crop.shape_irc}; use 4")
+    log.info("Scoring %d candidates of %d scans (%s split, val_stride=%d, split=%s) with %s epoch %s "
+             "on %s, %s, channels_last=%s, crop edge %s, voxels %s, %d view(s), NMS radius %g mm", len(selected),
+             len(jobs), split, val_stride, split_mode, ckpt_path, ckpt.get("epoch", "?"), device, perf.precision,
+             perf.channels_last, crop.edge, f"{crop.voxel_mm:g} mm" if crop.voxel_mm else "as scanned",
+             config.tta_views, config.nms_mm)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    scored = iter_scan_scores(model, jobs, step_cfg, config.batch_size, crop, config.tta_views, config.prefetch)
+    progress = (item for _, item in enumerate_with_estimate(scored, "Scoring", total=len(jobs)))
+    rows = list(result_rows(progress, config.nms_mm))
+    write_table(out, PREDICTION_COLUMNS, rows)
+    seconds = time.perf_counter() - started
+    log.info("Scored %d scans, %d candidates in %.1f s (%.1f candidates/s); wrote %s",
+             len(jobs), len(rows), seconds, len(rows) / max(seconds, 1e-9), out)
+    return out

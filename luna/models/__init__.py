@@ -1,0 +1,1 @@
+"""The networks: the candidate classifiers (rebuilt by name from a checkpoint) and test-time views."""

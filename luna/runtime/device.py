@@ -1,0 +1,144 @@
+"""Where and how the network runs: the device, the autocast precision, the memory format.
+
+The ``auto`` choices are the fast ones that were measured (``benchmarks/``): bf16 autocast and
+channels-last on the CPU (oneDNN), bf16 (or fp16 with a GradScaler) on a GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from luna.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+CHANNELS_LAST_CHOICES = ("auto", "on", "off")
+
+
+def resolve_device(device_arg: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """Turn a ``--device`` value into a device this process can use.
+
+    Args:
+        device_arg: ``auto`` (GPU ``local_rank`` when CUDA is available, else CPU), ``cpu``,
+            ``cuda`` (GPU ``local_rank``), ``cuda:N`` or ``mps``.
+        local_rank: this process's index on the machine.
+        world_size: number of processes; ``cuda:N`` would put them all on one GPU.
+
+    Returns:
+        The device.
+
+    Raises:
+        UsageError: an unknown value, or a device that is not available here.
+    """
+    match = _DEVICE_PATTERN.match(device_arg.strip().lower())
+    if not match or (match.group(2) is not None and match.group(1) != "cuda"):
+        raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device_arg!r}")
+    kind, index = match.group(1), match.group(2)
+    if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if kind == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise UsageError("--device mps: Apple MPS is not available on this machine")
+        return torch.device("mps")
+    # kind is "cuda" or "auto" with CUDA available.
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device_arg}: CUDA is not available on this machine")
+    if index is not None and world_size > 1:
+        raise UsageError(f"--device {device_arg} names one GPU but {world_size} processes were started; "
+                         "use --device cuda (each process takes GPU LOCAL_RANK)")
+    gpu = int(index) if index is not None else local_rank
+    if gpu >= torch.cuda.device_count():
+        raise UsageError(f"--device {device_arg}: GPU {gpu} does not exist "
+                         f"({torch.cuda.device_count()} visible)")
+    return torch.device("cuda", gpu)
+
+
+@dataclass
+class Performance:
+    """The speed settings chosen for a device (see :func:`resolve_performance`)."""
+
+    precision: str
+    channels_last: bool
+    compile: bool = False
+
+
+def resolve_performance(precision: str, channels_last: str, device: torch.device,
+                        compile: bool = False) -> Performance:
+    """Turn ``auto`` speed settings into choices for this device.
+
+    Args:
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+        channels_last: ``auto``, ``on`` or ``off``.
+        device: where the model runs.
+        compile: whether to ``torch.compile`` the model.
+
+    Raises:
+        UsageError: fp16 on the CPU.
+    """
+    if precision == "auto":
+        if device.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        elif device.type == "cpu":
+            precision = "bf16"  # oneDNN bf16 convolutions: ~3.5x fp32 on AVX-512 CPUs (see benchmarks/)
+        else:
+            precision = "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise UsageError("--precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    return Performance(precision, channels_last != "off" and device.type in ("cpu", "cuda"), compile)
+
+
+@dataclass
+class StepConfig:
+    """How batches are put on the device and run.
+
+    Args:
+        device: where the model lives.
+        precision: "fp32", "bf16" or "fp16" (autocast; fp16 also uses a GradScaler).
+        channels_last: feed channels_last_3d inputs (the model must be converted too).
+    """
+
+    device: torch.device
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
+    def to_device(self, crops: torch.Tensor) -> torch.Tensor:
+        # non_blocking pairs with pinned host memory: the copy overlaps with compute on a GPU.
+        # Crops may travel as int16 (half the bytes); the model gets float32 HU.
+        x = crops.to(self.device, non_blocking=True).float()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return x
+
+
+def prepare_model(model: nn.Module, device: torch.device | str, channels_last: bool = False) -> nn.Module:
+    """Move a model to its device (before the optimiser is built) in the wanted memory format.
+
+    Args:
+        model: the network.
+        device: where it will run.
+        channels_last: store 5-D weights as channels_last_3d, which lets cuDNN / oneDNN pick
+            their faster channels-last kernels when the input is channels-last too.
+
+    Returns:
+        The same module, moved in place.
+    """
+    if channels_last:
+        model = model.to(device=device, memory_format=torch.channels_last_3d)
+    else:
+        model = model.to(device=device)
+    log.debug("%s on %s (channels_last=%s, %d parameters)",
+              type(model).__name__, device, channels_last, sum(p.numel() for p in model.parameters()))
+    return model

@@ -1,0 +1,96 @@
+"""Tests for luna.luna16.candidates (and luna.data.candidates, which finds the files)."""
+import pytest
+
+from luna.data.candidates import get_candidate_info_list
+from luna.errors import DataError
+from luna.io.scans import find_series_files
+from luna.luna16.candidates import CandidateInfo, match_diameter, split_candidates
+from luna.luna16.csvfiles import CANDIDATE_COLUMNS
+from luna.luna16.geometry import XyzTuple
+from tests.conftest import write_csv
+
+HEADER = list(CANDIDATE_COLUMNS)
+
+
+def test_diameter_matching_uses_a_quarter_of_the_diameter_per_axis():
+    annotations = [(0.0, 0.0, 0.0, 8.0), (50.0, 50.0, 50.0, 20.0)]
+    assert match_diameter((2.0, -2.0, 1.9), annotations) == 8.0     # |d| <= 8/4 on every axis
+    assert match_diameter((2.1, 0.0, 0.0), annotations) == 0.0      # one axis beyond a quarter
+    assert match_diameter((54.9, 45.1, 50.0), annotations) == 20.0
+    assert match_diameter((0.0, 0.0, 0.0), []) == 0.0
+
+
+def test_candidate_list_sorted_nodules_first_largest_first(tiny_luna):
+    infos = get_candidate_info_list(tiny_luna["root"])
+    assert len(infos) == len(tiny_luna["candidates"])
+    assert all(isinstance(i, CandidateInfo) for i in infos)
+    n_pos = sum(i.is_nodule for i in infos)
+    assert n_pos == 2 * len(tiny_luna["uids"])
+    assert all(i.is_nodule for i in infos[:n_pos]) and not any(i.is_nodule for i in infos[n_pos:])
+    diameters = [i.diameter_mm for i in infos[:n_pos]]
+    assert diameters == sorted(diameters, reverse=True) and min(diameters) >= 4.0
+    # Positives sit exactly on their annotations, so every one got its diameter.
+    assert {round(d, 3) for d in diameters} == {round(a[4], 3) for a in tiny_luna["annotations"]}
+
+
+def test_partial_download_skips_and_counts_missing_scans(tiny_luna, caplog):
+    root = tiny_luna["root"]
+    gone = tiny_luna["uids"][0]
+    for suffix in (".mhd", ".raw"):
+        next(root.rglob(gone + suffix)).unlink()
+    with caplog.at_level("INFO"):
+        infos = get_candidate_info_list(root)
+    assert gone not in {i.series_uid for i in infos}
+    assert "Skipped 8 candidates of 1 series not on disk" in caplog.text
+
+
+def test_candidates_v2_name_and_csvfiles_subdir_are_found(tiny_luna):
+    root = tiny_luna["root"]
+    (root / "CSVFILES").mkdir()
+    (root / "candidates.csv").rename(root / "CSVFILES" / "candidates_V2.csv")
+    assert len(get_candidate_info_list(root)) == len(tiny_luna["candidates"])
+
+
+def test_duplicate_rows_are_dropped(tiny_luna):
+    root = tiny_luna["root"]
+    rows = tiny_luna["candidates"]
+    write_csv(root / "candidates.csv", HEADER, rows + rows[:3])
+    assert len(get_candidate_info_list(root)) == len(rows)
+
+
+def test_missing_data_dir_or_no_csv_names_the_flag(tmp_path):
+    (tmp_path / "subset0").mkdir()
+    with pytest.raises(DataError, match="give it with --candidates, or point --data-dir at the folder holding"):
+        get_candidate_info_list(tmp_path / "subset0")
+
+
+def test_missing_data_dir_and_no_scans(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        find_series_files(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"no \.mhd scans found"):
+        find_series_files(tmp_path / "empty")
+
+
+def _fake(uid, is_nodule, k=0):
+    return CandidateInfo(is_nodule, 5.0 if is_nodule else 0.0, uid, XyzTuple(float(k), 0.0, 0.0))
+
+
+def test_scan_split_never_puts_a_scan_on_both_sides():
+    candidates = sorted([_fake(f"1.{s}", s % 3 == 0 and k == 0, k) for s in range(30) for k in range(5)],
+                        reverse=True)
+    train = split_candidates(candidates, 10, False, "scan")
+    val = split_candidates(candidates, 10, True, "scan")
+    assert len(train) + len(val) == len(candidates)
+    assert not {c.series_uid for c in train} & {c.series_uid for c in val}
+    assert any(c.is_nodule for c in val) and any(c.is_nodule for c in train)
+    assert len({c.series_uid for c in val}) == 3  # 10 scans with nodules -> 1, 20 without -> 2
+
+
+def test_candidate_split_is_the_reference_stride():
+    candidates = sorted([_fake(f"1.{s}", k == 0, k) for s in range(4) for k in range(5)], reverse=True)
+    val = split_candidates(candidates, 10, True, "candidate")
+    train = split_candidates(candidates, 10, False, "candidate")
+    assert val == candidates[::10]
+    assert len(train) == len(candidates) - len(val) and not set(train) & set(val)
+    assert split_candidates(candidates, 0, True) == candidates

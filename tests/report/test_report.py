@@ -1,0 +1,137 @@
+"""`luna report`: one self-contained HTML page from a real (tiny) training run."""
+import base64
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from luna.cli.common import run_app
+from luna.cli.report import LunaReportApp
+from luna.cli.train import LunaTrainingApp
+from tests.conftest import make_tiny_luna
+
+IMG_RE = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A finished 2-epoch run of `luna train` (written once for the whole module)."""
+    root = tmp_path_factory.mktemp("report")
+    data = make_tiny_luna(root / "luna", n_series=4, negatives_per_scan=6)
+    LunaTrainingApp(["--data-dir", str(data["root"]), "--cache-dir", str(root / "cache"),
+                     "--runs-dir", str(root / "runs"), "--val-stride", "2", "--batch-size", "8",
+                     "--num-workers", "0", "--epoch-size", "24", "--precision", "fp32",
+                     "--epochs", "2"]).main()
+    (run,) = [p for p in (root / "runs" / "luna").iterdir() if (p / "run.json").exists()]
+    return run
+
+
+@pytest.fixture
+def run_copy(run_dir, tmp_path) -> Path:
+    """A copy of the run that a test may damage."""
+    return Path(shutil.copytree(run_dir, tmp_path / run_dir.name))
+
+
+def _summary(run: Path) -> list[dict]:
+    with open(run / "summary.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _report(run: Path, *extra: str) -> str:
+    path = LunaReportApp([str(run), "--bootstraps", "50", *extra]).main()
+    return path.read_text(encoding="utf-8")
+
+
+def test_report_is_one_self_contained_page(run_copy, caplog):
+    with caplog.at_level("INFO"):
+        page = _report(run_copy)
+    out = run_copy / "report.html"
+    assert f"Wrote report {out}" in caplog.text
+    assert page.startswith("<!DOCTYPE html>") and page.count("<html") == 1 and page.rstrip().endswith("</html>")
+    images = IMG_RE.findall(page)
+    assert len(images) >= 5  # curves, FROC, ROC, precision-recall, histogram
+    assert all(base64.b64decode(image)[:8] == b"\x89PNG\r\n\x1a\n" for image in images)
+    # Nothing is fetched from anywhere, and nothing runs.
+    assert 'src="http' not in page and "<script" not in page.lower() and "<link" not in page.lower()
+    assert len(re.findall(r'src="', page)) == len(images)
+    meta = json.loads((run_copy / "run.json").read_text())
+    assert f"<title>luna run {meta['run_name']} — {meta['comment']}</title>" in page
+    # The headline CPM of the re-scored predictions is the one training logged for its last epoch.
+    last = _summary(run_copy)[-1]
+    cpm = f"{float(last['val_froc/cpm']):.3f}"
+    assert re.search(r"final validation CPM</div><div class=\"value\">" + re.escape(cpm) + "</div>", page)
+    assert "bootstraps" in page and "95% interval [" in page
+    assert "epoch 2</div>" in page and "the final weights (--best-metric epoch)" in page  # best.pt's card
+    # The per-epoch table has both epochs, the arguments table the training flags.
+    assert "<td>1</td>" in page and "<td>2</td>" in page
+    assert "<td class=\"text\">val_stride</td><td class=\"text\">2</td>" in page
+    assert "<td class=\"text\">epoch_size</td><td class=\"text\">24</td>" in page
+    assert not [p.name for p in run_copy.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def test_text_from_the_run_is_escaped(run_copy):
+    meta = json.loads((run_copy / "run.json").read_text())
+    meta["comment"] = '<script>alert("x")</script>&'
+    (run_copy / "run.json").write_text(json.dumps(meta))
+    page = _report(run_copy, "--bootstraps", "0")
+    assert "<script" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;" in page
+    assert "no bootstrap interval" in page
+
+
+def test_without_predictions_the_curves_and_tables_remain(run_copy, tmp_path):
+    (run_copy / "val_predictions.csv").unlink()
+    out = tmp_path / "elsewhere" / "page.html"
+    page = _report(run_copy, "--out", str(out))
+    assert out.is_file() and not (run_copy / "report.html").exists()
+    assert len(IMG_RE.findall(page)) == 1  # the training curves only
+    assert "no val_predictions.csv" in page and "Per-epoch summary" in page
+    last = _summary(run_copy)[-1]
+    assert f"{float(last['val_froc/cpm']):.3f}" in page and "from summary.csv" in page
+
+
+def _error_lines(capsys) -> list[str]:
+    """stderr without the log records that run_app's logging also sends there."""
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("luna report:")]
+
+
+def test_annotations_flag_overrides_and_a_missing_one_is_an_error(run_copy, tmp_path, capsys):
+    empty = tmp_path / "no_nodules.csv"
+    empty.write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n")
+    page = _report(run_copy, "--annotations", str(empty))
+    assert "No annotated nodule in the validation scans" in page
+    assert len(IMG_RE.findall(page)) == 4  # no FROC without nodules; curves, ROC, PR, histogram remain
+    assert run_app(LunaReportApp, [str(run_copy), "--annotations", str(tmp_path / "nope.csv")],
+                   prog="luna report") == 1
+    assert _error_lines(capsys) == [f"luna report: error: annotations file {tmp_path / 'nope.csv'} does not exist"]
+
+
+def test_a_directory_that_is_not_a_run_fails_in_one_line(tmp_path, capsys):
+    (tmp_path / "junk.txt").write_text("hello")
+    assert run_app(LunaReportApp, [str(tmp_path)], prog="luna report") == 1
+    assert _error_lines(capsys) == [
+        f"luna report: error: {tmp_path}: not a luna run directory (no summary.csv and no run.json)"]
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_a_run_without_checkpoints_or_epochs_still_reports(tmp_path):
+    # What a run killed during its first epoch leaves: only run.json.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"tb_dir": "x", "run_name": "2024-01-01_00.00.00",
+                                              "comment": "early"}))
+    page = _report(run)
+    assert "luna run 2024-01-01_00.00.00 — early" in page
+    assert "no epoch has finished yet" in page and "training arguments are unknown" in page
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        LunaReportApp(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("RUN_DIR", "--out", "--annotations", "--excluded", "--bootstraps", "(default: 200)"):
+        assert flag in out, flag
