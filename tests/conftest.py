@@ -91,3 +91,28 @@ def make_spread_model(seed: int = 0, crop_shape_irc=(32, 48, 48), hu_mean: float
 @pytest.fixture
 def tiny_luna(tmp_path: Path) -> dict:
     return make_tiny_luna(tmp_path / "luna")
+
+
+@pytest.fixture
+def scan(tmp_path):
+    """One 20 x 30 x 40 scan of random HU (beyond the clip range too), flipped in y."""
+    rng = np.random.default_rng(0)
+    volume = rng.integers(-3000, 3000, size=(20, 30, 40)).astype(np.int16)
+    path = write_scan(tmp_path / "1.2.3.mhd", volume, (-10.0, -20.0, -30.0), (0.7, 0.8, 2.0),
+                      (1, 0, 0, 0, -1, 0, 0, 0, 1))
+    return path, volume
+
+
+def train_argv(root: Path, tmp_path: Path, *extra: str, val_stride: int = 2) -> list[str]:
+    """``luna train`` flags for a fast run on a tiny data set in a temp dir."""
+    return ["--data-dir", str(root), "--cache-dir", str(tmp_path / "cache"), "--runs-dir", str(tmp_path / "runs"),
+            "--val-stride", str(val_stride), "--batch-size", "8", "--num-workers", "0", "--precision", "fp32",
+            *extra]
+
+
+def help_text(app_cls, capsys) -> str:
+    """What ``--help`` prints for an app (it exits 0)."""
+    with pytest.raises(SystemExit) as info:
+        app_cls(["--help"])
+    assert info.value.code == 0
+    return capsys.readouterr().out

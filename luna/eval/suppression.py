@@ -9,9 +9,8 @@ closer than ``radius_mm`` to a higher-scoring candidate that was kept is *suppre
 probability is multiplied by :data:`SUPPRESSED_SCALE`. Every row stays in the results file
 (its score is only lowered), so per-candidate figures still cover every candidate.
 
-Measured on three trained models x four held-out sets (README, "Training recipe and
-results"), 10 mm raised CPM in all twelve cases, by 0.03 on the set made after the radius was
-chosen.
+Measured on three trained models x four held-out sets (docs/experiments.md), 10 mm raised CPM
+in all twelve cases, by 0.03 on the set made after the radius was chosen.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from luna.eval.suppression import NMS_RADIUS_MM, suppress_neighbours
 from luna.infer.scoring import ScanJob, iter_scan_scores
 from luna.io.scans import find_series_files
 from luna.luna16.candidates import CandidateInfo, split_candidates
-from luna.luna16.csvfiles import PREDICTION_COLUMNS, format_mm, write_table
+from luna.luna16.csvfiles import PREDICTION_COLUMNS, prediction_rows, write_table
 from luna.luna16.geometry import XyzTuple
 from luna.luna16.paths import ANNOTATION_FILE_NAMES, default_data_dir, find_optional_csv, predictions_name
 from luna.luna16.sample import CROP_SHAPE_IRC
@@ -134,8 +134,7 @@ def result_rows(scored: Iterable[tuple[ScanJob, np.ndarray]], nms_mm: float = 0.
     :func:`~luna.eval.suppression.suppress_neighbours` to each scan's probabilities first."""
     for job, probabilities in scored:
         probabilities = suppress_neighbours(np.asarray(job.centers_xyz), probabilities, nms_mm)
-        for (x, y, z), p in zip(job.centers_xyz, probabilities.tolist()):
-            yield [job.series_uid, format_mm(x), format_mm(y), format_mm(z), f"{p:.6g}"]
+        yield from prediction_rows([job.series_uid] * len(probabilities), job.centers_xyz, probabilities)
 
 
 def crop_of_checkpoint(ckpt_path: Path, ckpt: dict[str, Any]) -> CropConfig:
@@ -150,13 +149,20 @@ def crop_of_checkpoint(ckpt_path: Path, ckpt: dict[str, Any]) -> CropConfig:
         raise DataError(f"{ckpt_path}: {exc}") from None
 
 
-def predict(config: PredictConfig) -> Path:
-    """Score the selected candidates and write the results file; return its path."""
-    ckpt_path = resolve_checkpoint_path(config.checkpoint)
-    ckpt = load_checkpoint(ckpt_path)
-    model = load_model(ckpt_path, ckpt)
-    train_args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+@dataclass
+class Selection:
+    """What a prediction run scores: the scans (one job each) of one side of the split."""
 
+    data_dir: Path
+    split: str
+    val_stride: int
+    split_mode: str
+    n_candidates: int
+    jobs: list[ScanJob]
+
+
+def select_jobs(config: PredictConfig, train_args: dict[str, Any]) -> Selection:
+    """The data dir, split and candidates to score, from the flags and the checkpoint's run."""
     data_dir = config.data_dir or (Path(train_args["data_dir"]) if train_args.get("data_dir") else default_data_dir())
     split = config.split or default_split(data_dir, train_args, bool(config.series))
     val_stride = int(train_args.get("val_stride", DEFAULT_VAL_STRIDE))
@@ -169,11 +175,21 @@ def predict(config: PredictConfig) -> Path:
     selected = select_candidates(candidates, split, val_stride, split_mode, config.series)
     if not selected:
         raise DataError(f"the {split} split of {data_dir} is empty (val_stride={val_stride}, split={split_mode})")
-    jobs = make_jobs(selected, series_paths)
-    out = config.out or ckpt_path.parent / predictions_name(split)
+    return Selection(data_dir, split, val_stride, split_mode, len(selected), make_jobs(selected, series_paths))
+
+
+def predict(config: PredictConfig) -> Path:
+    """Score the selected candidates and write the results file; return its path."""
+    ckpt_path = resolve_checkpoint_path(config.checkpoint)
+    ckpt = load_checkpoint(ckpt_path)
+    model = load_model(ckpt_path, ckpt)
+    train_args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    selection = select_jobs(config, train_args)
+    out = config.out or ckpt_path.parent / predictions_name(selection.split)
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; give a file name such as {out / 'predictions.csv'}")
 
+    # The model on its device, cropping as it was trained.
     device = resolve_device(config.device)
     perf = resolve_performance(config.precision, config.channels_last, device)
     model = prepare_model(model, device, perf.channels_last).eval()
@@ -182,13 +198,15 @@ def predict(config: PredictConfig) -> Path:
     if config.tta_views == 8 and crop.shape_irc[1] != crop.shape_irc[2]:
         raise UsageError(f"--tta-views 8 needs square crops, the model takes {crop.shape_irc}; use 4")
     log.info("Scoring %d candidates of %d scans (%s split, val_stride=%d, split=%s) with %s epoch %s "
-             "on %s, %s, channels_last=%s, crop edge %s, voxels %s, %d view(s), NMS radius %g mm", len(selected),
-             len(jobs), split, val_stride, split_mode, ckpt_path, ckpt.get("epoch", "?"), device, perf.precision,
-             perf.channels_last, crop.edge, f"{crop.voxel_mm:g} mm" if crop.voxel_mm else "as scanned",
-             config.tta_views, config.nms_mm)
+             "on %s, %s, channels_last=%s, crop edge %s, voxels %s, %d view(s), NMS radius %g mm",
+             selection.n_candidates, len(selection.jobs), selection.split, selection.val_stride,
+             selection.split_mode, ckpt_path, ckpt.get("epoch", "?"), device, perf.precision, perf.channels_last,
+             crop.edge, f"{crop.voxel_mm:g} mm" if crop.voxel_mm else "as scanned", config.tta_views, config.nms_mm)
 
+    # Scan by scan, then one atomic write: an error half-way leaves no file, or the old one.
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    jobs = selection.jobs
     scored = iter_scan_scores(model, jobs, step_cfg, config.batch_size, crop, config.tta_views, config.prefetch)
     progress = (item for _, item in enumerate_with_estimate(scored, "Scoring", total=len(jobs)))
     rows = list(result_rows(progress, config.nms_mm))

@@ -250,6 +250,14 @@ def format_mm(value: float) -> str:
     return repr(float(value))
 
 
+def prediction_rows(series_uids: Sequence[str], centers_xyz: Sequence[Sequence[float]],
+                    probabilities: Sequence[float]) -> Iterable[list[str]]:
+    """The cells of results-file rows: coordinates exactly (:func:`format_mm`), 6 digits of probability."""
+    for uid, (x, y, z), p in zip(series_uids, np.asarray(centers_xyz, dtype=np.float64).tolist(),
+                                 np.asarray(probabilities, dtype=np.float64).tolist()):
+        yield [uid, format_mm(x), format_mm(y), format_mm(z), f"{p:.6g}"]
+
+
 def write_predictions(path: str | Path, series_uids: Sequence[str], centers_xyz: np.ndarray,
                       probabilities: np.ndarray) -> Path:
     """Write a LUNA16 results file atomically.
@@ -261,7 +269,4 @@ def write_predictions(path: str | Path, series_uids: Sequence[str], centers_xyz:
     Returns:
         ``path``.
     """
-    rows = ([uid, format_mm(x), format_mm(y), format_mm(z), f"{p:.6g}"]
-            for uid, (x, y, z), p in zip(series_uids, np.asarray(centers_xyz).tolist(),
-                                         np.asarray(probabilities).tolist()))
-    return write_table(path, PREDICTION_COLUMNS, rows)
+    return write_table(path, PREDICTION_COLUMNS, prediction_rows(series_uids, centers_xyz, probabilities))

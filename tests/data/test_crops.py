@@ -7,15 +7,6 @@ from luna.io.ct import Ct
 from tests.conftest import write_scan
 
 
-@pytest.fixture
-def scan(tmp_path):
-    rng = np.random.default_rng(0)
-    volume = rng.integers(-3000, 3000, size=(20, 30, 40)).astype(np.int16)
-    path = write_scan(tmp_path / "1.2.3.mhd", volume, (-10.0, -20.0, -30.0), (0.7, 0.8, 2.0),
-                      (1, 0, 0, 0, -1, 0, 0, 0, 1))
-    return path, volume
-
-
 def test_crop_is_centred_inside_and_shifted_at_borders_by_the_reference_rule(scan):
     path, volume = scan
     ct = Ct(path)

@@ -15,18 +15,11 @@ from luna.eval.evaluation import classification_of, evaluate, froc_from_json, fr
 from luna.eval.froc import compute_froc
 from luna.luna16.rules import FP_RATES
 from luna.luna16.csvfiles import Predictions, read_annotations, read_predictions
+from tests.conftest import write_csv
 
 PRED_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "probability"]
 ANN_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
 PNGS = ["froc.png", "roc.png", "precision_recall.png", "probability_histogram.png"]
-
-
-def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 @pytest.fixture

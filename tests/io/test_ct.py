@@ -8,15 +8,6 @@ from luna.io.metaimage import read_mhd_header
 from tests.conftest import write_scan
 
 
-@pytest.fixture
-def scan(tmp_path):
-    rng = np.random.default_rng(0)
-    volume = rng.integers(-3000, 3000, size=(20, 30, 40)).astype(np.int16)
-    path = write_scan(tmp_path / "1.2.3.mhd", volume, (-10.0, -20.0, -30.0), (0.7, 0.8, 2.0),
-                      (1, 0, 0, 0, -1, 0, 0, 0, 1))
-    return path, volume
-
-
 def test_ct_clips_and_keeps_geometry(scan):
     path, volume = scan
     ct = Ct(path)

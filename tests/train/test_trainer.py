@@ -13,7 +13,7 @@ from luna.models.classifier import build_model
 from luna.train.runlog import SCALAR_TAGS
 from luna.cli.train import LunaTrainingApp
 from luna.train.trainer import ClassifierTrainer
-from tests.conftest import make_tiny_luna
+from tests.conftest import make_tiny_luna, train_argv
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +22,7 @@ def data(tmp_path_factory):
 
 
 def _argv(data, tmp_path, *extra):
-    return ["--data-dir", str(data["root"]), "--cache-dir", str(tmp_path / "cache"),
-            "--runs-dir", str(tmp_path / "runs"), "--val-stride", "2", "--batch-size", "8",
-            "--num-workers", "0", "--epoch-size", "24", "--precision", "fp32", *extra]
+    return train_argv(data["root"], tmp_path, "--epoch-size", "24", *extra)
 
 
 def _run_dir(tmp_path) -> Path:

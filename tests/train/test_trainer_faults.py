@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from luna.cli.common import run_app
 from luna.runtime.checkpoint import load_checkpoint
 from luna.cli.train import LunaTrainingApp
-from tests.conftest import make_tiny_luna
+from tests.conftest import make_tiny_luna, train_argv
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +26,7 @@ def data(tmp_path_factory):
 
 
 def _argv(data, tmp_path, *extra):
-    return ["--data-dir", str(data["root"]), "--cache-dir", str(tmp_path / "cache"),
-            "--runs-dir", str(tmp_path / "runs"), "--val-stride", "4", "--batch-size", "8",
-            "--num-workers", "0", "--precision", "fp32", *extra]
+    return train_argv(data["root"], tmp_path, *extra, val_stride=4)
 
 
 def _run_dir(tmp_path) -> Path:
