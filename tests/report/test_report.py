@@ -109,6 +109,14 @@ def test_annotations_flag_overrides_and_a_missing_one_is_an_error(run_copy, tmp_
     assert _error_lines(capsys) == [f"luna report: error: annotations file {tmp_path / 'nope.csv'} does not exist"]
 
 
+def test_an_out_under_a_file_is_one_line(run_copy, tmp_path, capsys):
+    blocker = tmp_path / "pages"
+    blocker.write_text("a file")
+    assert run_app(LunaReportApp, [str(run_copy), "--bootstraps", "0", "--out", str(blocker / "r.html")],
+                   prog="luna report") == 1
+    assert _error_lines(capsys) == [f"luna report: error: {blocker}: is a file where a folder is expected"]
+
+
 def test_a_directory_that_is_not_a_run_fails_in_one_line(tmp_path, capsys):
     (tmp_path / "junk.txt").write_text("hello")
     assert run_app(LunaReportApp, [str(tmp_path)], prog="luna report") == 1

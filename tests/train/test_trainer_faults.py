@@ -1,6 +1,7 @@
 """Faults a long training run must survive, with real processes: kill -9 and resume, a loss
 that blows up, running out of memory, bad flags; and a soak run with flat RSS and file handles."""
 import csv
+import errno
 import os
 import resource
 import signal
@@ -130,6 +131,30 @@ def test_resume_with_another_model_names_the_one_it_trained(data, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "the run trained --model luna_bn; pass --model luna_bn" in err
     assert (run_dir / "last.pt").read_bytes() == before
+
+
+def _error_line(capsys) -> str:
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("luna train: error:")]
+    return line
+
+
+def test_a_runs_dir_that_is_a_file_is_one_line(data, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.write_text("a file")
+    assert run_app(LunaTrainingApp, _argv(data, tmp_path, "--epoch-size", "8"), prog="luna train") == 1
+    assert _error_line(capsys).startswith(f"luna train: error: {runs}: is a file where a folder is expected")
+
+
+def test_a_read_only_cache_dir_is_one_line(data, tmp_path, capsys, monkeypatch):
+    import luna.atomic
+
+    def read_only(path, *args, **kwargs):  # what a read-only mount answers, even to root
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(luna.atomic, "open", read_only, raising=False)
+    assert run_app(LunaTrainingApp, _argv(data, tmp_path, "--epoch-size", "8"), prog="luna train") == 1
+    line = _error_line(capsys)
+    assert line.startswith(f"luna train: error: {tmp_path / 'cache'}") and line.endswith(": read-only file system")
 
 
 def test_soak_rss_and_open_files_stay_flat(data, tmp_path):
