@@ -78,7 +78,7 @@ def test_loss_blowing_up_stops_with_epoch_and_batch_and_keeps_the_checkpoint(dat
     assert run_app(LunaTrainingApp, _argv(data, tmp_path, "--epochs", "1", "--epoch-size", "16", *sgd)) == 0
     run_dir = _run_dir(tmp_path)
     before = (run_dir / "last.pt").read_bytes()
-    code = run_app(LunaTrainingApp, _argv(data, tmp_path, "--epochs", "2", "--epoch-size", "64",
+    code = run_app(LunaTrainingApp, _argv(data, tmp_path, "--epochs", "2", "--epoch-size", "16",
                                           "--resume", str(run_dir), "--lr", "1e30", *sgd), prog="luna train")
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1
@@ -126,10 +126,11 @@ def test_resume_with_another_model_names_the_one_it_trained(data, tmp_path, caps
                                           "--model", "luna_bn")) == 0
     run_dir = _run_dir(tmp_path)
     before = (run_dir / "last.pt").read_bytes()
-    # The default model is another one: the resume must say which to pass, and touch nothing.
-    assert run_app(LunaTrainingApp, _argv(data, tmp_path, "--epochs", "2", "--resume", str(run_dir))) == 2
+    # A resume takes the run's model; asking for another one is refused, and touches nothing.
+    assert run_app(LunaTrainingApp, _argv(data, tmp_path, "--epochs", "2", "--model", "luna_centre",
+                                          "--resume", str(run_dir))) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "the run trained --model luna_bn; pass --model luna_bn" in err
+    assert "the run was trained with --model luna_bn, not --model luna_centre" in err
     assert (run_dir / "last.pt").read_bytes() == before
 
 
