@@ -26,6 +26,10 @@ def test_every_command_has_a_full_help(command, capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: luna") and "--debug" in out
+    # Plain text for a terminal: no reStructuredText markup, no sources a user cannot read, no
+    # "default" that says nothing.
+    for unwanted in ("``", "SPEC", "(default: None)", "(default: False)", ":func:", ":class:"):
+        assert unwanted not in out, unwanted
 
 
 def test_python_dash_m_reaches_the_same_apps():
