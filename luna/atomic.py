@@ -42,8 +42,11 @@ def atomic_open(path: str | Path, mode: str = "wb", durable: bool = False, **ope
                 handle.flush()
                 os.fsync(handle.fileno())  # the data on disk before the rename makes it visible
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename == str(tmp):
+            # The user knows the file they asked for, not our hidden temp file beside it.
+            exc.filename = str(path)
         raise
     if durable:
         _fsync_dir(path.parent)

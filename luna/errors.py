@@ -6,6 +6,8 @@ is a bug and keeps its traceback.
 from __future__ import annotations
 
 import errno
+import os
+from pathlib import Path
 
 
 class LunaError(Exception):
@@ -29,3 +31,35 @@ class UsageError(LunaError):
 def is_disk_full(exc: OSError) -> bool:
     """True for "no space left on the device" errors, including numpy's, which carry no errno."""
     return exc.errno in (errno.ENOSPC, errno.EDQUOT) or "free space" in str(exc)
+
+
+# What an OS error on a path means to the person who gave the path. Other errors (EIO, ...) are
+# not the user's doing and keep their traceback.
+_PATH_PROBLEMS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied (operation not permitted)",
+    errno.EROFS: "read-only file system",
+    errno.ENOTDIR: "not a folder",
+    errno.EISDIR: "is a folder, not a file",
+    errno.EEXIST: "already exists",
+    errno.ENOENT: "no such file or folder",
+    errno.ENAMETOOLONG: "name too long",
+    errno.ELOOP: "too many levels of symbolic links",
+}
+
+
+def describe_path_error(exc: OSError) -> str | None:
+    """One line naming the path of an OS error and what is wrong with it, or None when the error
+    is not about a path (no file name, or an errno that means a broken machine, not a bad path)."""
+    if not isinstance(exc.filename, (str, bytes, os.PathLike)) or not exc.filename \
+            or exc.errno not in _PATH_PROBLEMS:
+        return None
+    path = Path(os.fsdecode(exc.filename))
+    what = _PATH_PROBLEMS[exc.errno]
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        # The path itself, or a folder on the way to it, is a file: name that file.
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            writing = f" (writing {path})" if blocker != path else ""
+            return f"{blocker}: is a file where a folder is expected{writing}"
+    return f"{path}: {what}"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from luna.data.crops import CROP_EDGE, CROP_EDGES, CROP_VOXEL_MM, CropConfig
-from luna.errors import LunaError, is_disk_full
+from luna.errors import LunaError, describe_path_error, is_disk_full
 from luna.luna16.paths import CACHE_DIR_ENV, DATA_DIR_ENV, default_cache_dir, default_data_dir
 from luna.runtime.device import CHANNELS_LAST_CHOICES, PRECISION_CHOICES
 
@@ -156,7 +156,9 @@ def run_app(app_factory: Callable[[Sequence[str] | None], object], argv: Sequenc
     """Build and run an app; return the process exit status.
 
     User mistakes (:class:`LunaError`) become one ``error:`` line on stderr and exit status 1
-    (data) or 2 (usage); ``--debug`` re-raises them with the traceback.
+    (data) or 2 (usage); so do a full disk and an OS error on a path (permission denied, a
+    read-only file system, a file where a folder is expected: exit status 1). ``--debug``
+    re-raises them with the traceback.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     configure_logging()
@@ -174,13 +176,20 @@ def run_app(app_factory: Callable[[Sequence[str] | None], object], argv: Sequenc
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
-        # A full disk is the machine's state, not a bug: say where, without a traceback.
-        # (Every file luna writes for later is atomic, so what was there before is intact.)
-        if debug or not is_disk_full(exc):
+        # A full disk, or a path the user gave that cannot be used (read-only, no permission, a
+        # file where a folder should be), is the machine's state, not a bug: say where, without a
+        # traceback. (Every file luna writes for later is atomic, so what was there is intact.)
+        if debug:
             raise
-        where = f" writing {exc.filename}" if exc.filename else ""
-        print(f"{name}: error: no space left on the device{where}; free some space and run again "
-              f"({exc.strerror or exc})", file=sys.stderr)
+        if is_disk_full(exc):
+            where = f" writing {exc.filename}" if exc.filename else ""
+            print(f"{name}: error: no space left on the device{where}; free some space and run again "
+                  f"({exc.strerror or exc})", file=sys.stderr)
+            return 1
+        problem = describe_path_error(exc)
+        if problem is None:
+            raise
+        print(f"{name}: error: {problem}", file=sys.stderr)
         return 1
     return 0
 

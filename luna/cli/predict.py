@@ -10,7 +10,7 @@ from typing import Sequence
 from luna.cli.common import add_common_args, add_device_args, new_parser, non_negative_float, positive_int, run_app
 from luna.eval.suppression import NMS_RADIUS_MM, SUPPRESSED_SCALE
 from luna.infer.predict import SPLIT_CHOICES, PredictConfig, predict
-from luna.models.views import VIEW_COUNTS
+from luna.models.views import DEFAULT_VIEW_COUNT, VIEW_COUNTS
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None,
                         help="results CSV (default: predictions_<split>.csv beside the checkpoint)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="crops per forward pass")
-    parser.add_argument("--tta-views", type=int, choices=VIEW_COUNTS, default=8,
+    parser.add_argument("--tta-views", type=int, choices=VIEW_COUNTS, default=DEFAULT_VIEW_COUNT,
                         help="test-time augmentation: average the model over this many in-plane symmetric "
                              "views of each crop (turns, mirror images); 1 = off, the compute grows with it")
     parser.add_argument("--nms-mm", type=non_negative_float, default=NMS_RADIUS_MM,

@@ -20,6 +20,7 @@ from luna.models.classifier import MODELS
 from luna.train.augment import AugmentConfig
 from luna.train.config import BEST_METRICS, TrainConfig
 from luna.train.recipe import LR_SCHEDULES, OPTIMIZERS
+from luna.train.resume import resumed_config
 from luna.train.trainer import ClassifierTrainer
 
 
@@ -47,14 +48,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--batch-size", type=positive_int, default=32, help="samples per batch and process")
 
     run = parser.add_argument_group("run")
-    run.add_argument("--epochs", type=positive_int, default=1, help="epochs to train (in total, when resuming)")
+    run.add_argument("--epochs", type=positive_int, default=1,
+                     help="epochs to train (in total; with --resume, the run's own unless given)")
     run.add_argument("--tb-prefix", default=DEFAULT_TB_PREFIX, help="runs/<tb-prefix>/ groups runs for TensorBoard")
     run.add_argument("--runs-dir", type=Path, default=Path(DEFAULT_RUNS_DIR),
                      help="root of TensorBoard runs and run directories")
     run.add_argument("--tb-single-writer", action="store_true",
                      help="one TensorBoard run with trn/ and val/ in the tag names, instead of two runs")
     run.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
-                     help="continue the run in RUN_DIR from its last.pt")
+                     help="continue the run in RUN_DIR from its last.pt, with its own flags; only --epochs, "
+                          "--lr, --data-dir, --cache-dir, --num-workers and the speed flags may change")
     run.add_argument("--best-metric", default="epoch", choices=BEST_METRICS,
                      help="what picks best.pt. epoch: the latest epoch, i.e. the final weights, where the cosine "
                           "schedule has annealed to (on new scans they scored as well as or better than an epoch "
@@ -109,13 +112,30 @@ def get_args_parser() -> argparse.ArgumentParser:
     return add_common_args(parser)
 
 
+def typed_args(argv: Sequence[str] | None) -> dict:
+    """Only the flags given in ``argv`` (no defaults): what a resume takes over the run's own."""
+    parser = get_args_parser()
+    for action in parser._actions:  # argparse has no public way to drop every default
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
+
+
 class LunaTrainingApp:
-    """Train the classifier. ``LunaTrainingApp(["--data-dir", "data/synth"]).main()``."""
+    """Train the classifier. ``LunaTrainingApp(["--data-dir", "data/synth"]).main()``.
+
+    With ``--resume RUN`` the run's own flags (from its last.pt) are the defaults; the flags given
+    may change only what :mod:`luna.train.resume` allows.
+    """
 
     def __init__(self, argv: Sequence[str] | None = None):
         args = vars(get_args_parser().parse_args(argv))
         args.pop("debug", None)
-        self.config = TrainConfig(**args)
+        if args["resume"] is not None:
+            changes = typed_args(argv)
+            changes.pop("debug", None)
+            self.config = resumed_config(args["resume"], changes)
+        else:
+            self.config = TrainConfig(**args)
 
     def main(self) -> Path:
         """Train; return the run directory."""

@@ -28,6 +28,7 @@ from luna.luna16.csvfiles import PREDICTION_COLUMNS, prediction_rows, write_tabl
 from luna.luna16.geometry import XyzTuple
 from luna.luna16.paths import ANNOTATION_FILE_NAMES, default_data_dir, find_optional_csv, predictions_name
 from luna.luna16.sample import CROP_SHAPE_IRC
+from luna.models.views import DEFAULT_VIEW_COUNT
 from luna.progress import enumerate_with_estimate
 from luna.runtime.checkpoint import load_checkpoint, load_model, resolve_checkpoint_path
 from luna.runtime.device import StepConfig, prepare_model, resolve_device, resolve_performance
@@ -52,7 +53,7 @@ class PredictConfig:
     split: str | None = None
     out: Path | None = None
     batch_size: int = 64
-    tta_views: int = 8
+    tta_views: int = DEFAULT_VIEW_COUNT
     nms_mm: float = NMS_RADIUS_MM
     device: str = "auto"
     precision: str = "auto"

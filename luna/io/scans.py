@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from luna.errors import DataError
@@ -14,14 +15,15 @@ def find_series_files(data_dir: Path) -> dict[str, Path]:
     """Map series uid -> ``.mhd`` path for every scan under ``data_dir`` (any depth).
 
     Raises:
-        DataError: the directory is missing or holds no ``.mhd`` file.
+        DataError: the directory is missing, a folder under it cannot be read (permission denied),
+            or it holds no ``.mhd`` file.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         what = "is a file, not a directory" if data_dir.exists() else "does not exist"
         raise DataError(f"data dir {data_dir} {what}")
     found: dict[str, Path] = {}
-    for path in sorted(data_dir.rglob("*.mhd")):
+    for path in _mhd_files(data_dir):
         uid = path.stem
         if not is_valid_series_uid(uid):
             log.warning("Ignoring %s: its name is not a plain series uid", path)
@@ -33,3 +35,14 @@ def find_series_files(data_dir: Path) -> dict[str, Path]:
     if not found:
         raise DataError(f"no .mhd scans found under data dir {data_dir} (expected subset*/<uid>.mhd)")
     return found
+
+
+def _mhd_files(data_dir: Path) -> list[Path]:
+    """Every ``.mhd`` under ``data_dir``, sorted. A folder that cannot be read is an error, not a
+    silent gap: another user's private subset would otherwise read as "no scans found"."""
+    def fail(exc: OSError) -> None:
+        reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
+        raise DataError(f"data dir {data_dir}: cannot read {exc.filename}: {reason}")
+
+    return sorted(Path(folder) / name for folder, _, names in os.walk(data_dir, onerror=fail)
+                  for name in names if name.endswith(".mhd"))

@@ -89,6 +89,13 @@ def _cached_candidates(candidates_csv: str, _candidates_mtime: int, annotations_
                                     uid, center_xyz))
     if table.n_skipped:
         log.info("Skipped %d candidates of %d series not on disk", table.n_skipped, len(table.skipped_uids))
+    if keep is not None and result:
+        # Scans on disk that no row names are not used at all: say so, or a wrong candidates
+        # file for part of the data goes unnoticed.
+        unused = len(keep - {info.series_uid for info in result})
+        if unused:
+            log.warning("%d of the %d scans on disk have no candidates in %s and are left out",
+                        unused, len(keep), candidates_csv)
     if duplicates:
         log.warning("Dropped %d duplicate rows of %s", duplicates, candidates_csv)
     if not result:

@@ -15,6 +15,8 @@ from torch import nn
 VIEWS = ((False, False, False), (False, True, True), (False, True, False), (False, False, True),
          (True, False, False), (True, True, True), (True, True, False), (True, False, True))
 VIEW_COUNTS = (1, 2, 4, 8)
+# luna predict's default: all eight (docs/results.md measures what they add).
+DEFAULT_VIEW_COUNT = 8
 
 
 def predict_views(model: nn.Module, x: torch.Tensor, views: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,7 @@ a report or a training loop can call these functions as often as it likes.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -36,6 +37,13 @@ TRAINING_PANELS: dict[str, tuple[str, ...]] = {
     "CPM (LUNA16)": ("cpm", "froc/cpm"),
 }
 MODE_COLORS = {"trn": "tab:blue", "val": "tab:orange"}
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """``fig`` as PNG bytes (for a page, or ``IPython.display.Image`` in a notebook)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
@@ -87,11 +95,14 @@ def froc_figure(result: FrocResult) -> Figure:
         ax.fill_between(ci.band_fps, ci.band_lower, ci.band_upper, step="post", alpha=0.25,
                         color=OTHER_COLOR, lw=0, label=f"{ci.level:.0%} bootstrap band ({ci.n_bootstraps:,} resamples)")
     if len(result.fps_per_scan):
-        # Points at 0 FP/scan cannot sit on a log axis: draw them at its left edge. The curve
-        # starts at sensitivity 0 and ends flat at its last point, as the step reading does.
-        fps = np.r_[x_min, np.maximum(result.fps_per_scan, x_min), x_max]
-        sens = np.r_[0.0, result.sensitivity, result.sensitivity[-1]]
-        ax.step(fps, sens, where="post", color=OTHER_COLOR, lw=2, label="FROC")
+        # Points left of the axis (0 FP/scan cannot sit on a log axis) are read at its left edge:
+        # the curve starts there at the sensitivity they reach, with no rise drawn up the edge
+        # (that would read as sensitivity 0 at the lowest rate), and ends flat at its last point.
+        fps, sens = np.asarray(result.fps_per_scan), np.asarray(result.sensitivity)
+        left = fps < x_min
+        start_fps, start_sens = ([x_min], [sens[left][-1]]) if left.any() else ([], [])
+        ax.step(np.r_[start_fps, fps[~left], x_max], np.r_[start_sens, sens[~left], sens[-1]], where="post",
+                color=OTHER_COLOR, lw=2, label="FROC")
     rates = list(result.sensitivity_at)
     readings = [result.sensitivity_at[rate] for rate in rates]
     ax.plot(rates, readings, "o", color=NODULE_COLOR, zorder=3, label="CPM rates")
@@ -107,7 +118,7 @@ def froc_figure(result: FrocResult) -> Figure:
     ax.set_xlim(x_min, x_max)
     ax.set_ylim(0, 1.05)
     ax.legend(loc="lower right", fontsize=8)
-    ax.text(0.01, 0.99, f"{result.n_scans:,} scans, {result.n_candidates:,} candidates",
+    ax.text(0.01, 0.99, f"{result.n_scans:,} scans, {result.n_nodules:,} nodules, {result.n_candidates:,} candidates",
             transform=ax.transAxes, va="top", fontsize=8, color="gray")
     return fig
 
@@ -128,7 +139,7 @@ def roc_figure(labels: np.ndarray, probabilities: np.ndarray) -> Figure:
     fig, ax = _axes(f"ROC — AUC {roc_auc_score(labels, probabilities):.3f}",
                     "False positive rate", "True positive rate")
     ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1, label="chance")
-    ax.plot(fpr, tpr, color=OTHER_COLOR, lw=2, label=f"{labels.sum():,} nodules, {(~labels).sum():,} others")
+    ax.plot(fpr, tpr, color=OTHER_COLOR, lw=2, label=_class_counts(labels))
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.legend(loc="lower right", fontsize=8)
@@ -168,29 +179,64 @@ def precision_recall_figure(labels: np.ndarray, probabilities: np.ndarray,
 
 
 def probability_histogram_figure(labels: np.ndarray, probabilities: np.ndarray,
-                                 threshold: float = 0.5, bins: int = 50) -> Figure:
-    """Histograms of predicted probabilities, nodules and other candidates apart, log counts.
+                                 threshold: float = 0.5, bins: int = 50,
+                                 suppression_mm: float | None = None) -> Figure:
+    """Histograms of predicted probabilities, candidates on a nodule and the others apart, log counts.
 
     Args:
-        labels: (N,) bool, True for nodules.
+        labels: (N,) bool, True for candidates that hit a nodule.
         probabilities: (N,) predicted nodule probabilities, expected in [0, 1].
         threshold: drawn as a vertical line.
         bins: bins over [0, 1].
+        suppression_mm: the radius the scores were suppressed with (a candidate near a
+            higher-scoring one keeps 0.1 of its score), 0 when they were not, None when unknown;
+            a radius puts a note on the figure, since the twins of each found nodule then pile up
+            below 0.1.
     """
     labels = np.asarray(labels, dtype=bool)
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    fig, ax = _axes(f"Predicted probabilities — {labels.sum():,} nodules, {(~labels).sum():,} others",
+    fig, ax = _axes(f"Predicted probabilities — {_class_counts(labels)}",
                     "Predicted nodule probability", "Candidates (log scale)")
     edges = np.linspace(0, 1, bins + 1)
     clipped = np.clip(probabilities, 0, 1)  # scores outside [0, 1] land in the end bins
-    for mask, color, name in ((~labels, OTHER_COLOR, "non-nodules"), (labels, NODULE_COLOR, "nodules")):
+    for mask, color, name in ((~labels, OTHER_COLOR, "other candidates"),
+                              (labels, NODULE_COLOR, "candidates on a nodule")):
         if mask.any():
             ax.hist(clipped[mask], bins=edges, color=color, alpha=0.55, label=f"{name} ({mask.sum():,})")
     ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:g}")
     ax.set_yscale("log")
+    counts = [n for container in ax.containers for n in (bar.get_height() for bar in container) if n > 0]
+    if counts:
+        _label_log_axis(ax, [1, *counts], pad=2.0)  # a bar of one candidate must still show, and "1" be labelled
     ax.set_xlim(0, 1)
+    if suppression_mm:
+        ax.text(0.99, 0.70, f"suppressed within {suppression_mm:g} mm: the twins of a found nodule\n"
+                            "keep 0.1 of their score, so candidates on a nodule\npile up below 0.1",
+                transform=ax.transAxes, ha="right", va="top", fontsize=7, color="dimgray",
+                bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none"})
     ax.legend(loc="upper center", fontsize=8)
     return fig
+
+
+def _class_counts(labels: np.ndarray) -> str:
+    """Candidates, not nodules: several candidates can hit one nodule, and some nodules none."""
+    return f"{labels.sum():,} candidates on a nodule, {(~labels).sum():,} others"
+
+
+def _label_log_axis(ax, values: Sequence[float], pad: float = 1.1, axis: str = "y") -> None:
+    """Ticks at 1-2-5 steps (decades beyond three decades), and the axis starting at a tick at or
+    below its lowest value: matplotlib's own log axis can end with no label near its lowest point."""
+    low, high = float(min(values)), float(max(values))
+    subs = (1.0,) if high / low > 1e3 else (1.0, 2.0, 5.0)
+    steps = [sub * 10.0 ** exponent for exponent in range(int(np.floor(np.log10(low))) - 1,
+                                                          int(np.ceil(np.log10(high))) + 2) for sub in subs]
+    bottom = max(step for step in steps if step <= low)
+    top = min(step for step in steps if step >= high)
+    ticks = [step for step in steps if bottom <= step <= top]
+    set_ticks, set_lim = (ax.set_yticks, ax.set_ylim) if axis == "y" else (ax.set_xticks, ax.set_xlim)
+    set_ticks(ticks, [f"{tick:g}" for tick in ticks])
+    set_ticks([], minor=True)
+    set_lim(min(bottom, low / pad), max(top, high * pad))
 
 
 def _metric_value(row: Mapping, mode: str, keys: Sequence[str]) -> float | None:
@@ -206,7 +252,8 @@ def _metric_value(row: Mapping, mode: str, keys: Sequence[str]) -> float | None:
 
 def training_curves_figure(rows: Sequence[Mapping],
                            panels: Mapping[str, Sequence[str]] | None = None,
-                           modes: Sequence[str] = ("trn", "val")) -> Figure:
+                           modes: Sequence[str] = ("trn", "val"), marked_epoch: int | None = None,
+                           marked_label: str = "best.pt") -> Figure:
     """Per-epoch training curves, one panel per metric, one line per mode.
 
     Args:
@@ -216,6 +263,9 @@ def training_curves_figure(rows: Sequence[Mapping],
         panels: panel title -> metric keys tried in order; default :data:`TRAINING_PANELS`.
             Panels without any value are left out.
         modes: the lines drawn in every panel.
+        marked_epoch: an epoch to mark in every panel (best.pt's), labelled ``marked_label``.
+            Titles name the highest (lowest, for a loss) validation value, never a "best" epoch:
+            the epoch kept as best.pt is chosen by its own rule.
     """
     panels = TRAINING_PANELS if panels is None else panels
     series: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
@@ -230,20 +280,27 @@ def training_curves_figure(rows: Sequence[Mapping],
     fig = Figure(figsize=(5.2 * n_cols, 3.6 * n_rows))
     axes = np.atleast_1d(fig.subplots(n_rows, n_cols, squeeze=False).ravel())
     for ax, (title, lines) in zip(axes, series.items()):
-        best = ""
+        extreme = ""
+        is_loss = title.lower().startswith("loss")
         for mode, (epochs, values) in lines.items():
             ax.plot(epochs, values, "o-", ms=3, color=MODE_COLORS.get(mode), label=mode)
         if "val" in lines:
             epochs, values = lines["val"]
-            pick = int(np.argmin(values) if title.lower().startswith("loss") else np.argmax(values))
-            best = f" — best val {values[pick]:.3f} (epoch {epochs[pick]:g})"
-        ax.set_title(title + best, fontsize=10)
+            pick = int(np.argmin(values) if is_loss else np.argmax(values))
+            extreme = f" — {'lowest' if is_loss else 'highest'} val {values[pick]:.3f} (epoch {epochs[pick]:g})"
+        if marked_epoch is not None:
+            ax.axvline(marked_epoch, color="gray", ls=":", lw=1, label=f"{marked_label} (epoch {marked_epoch})")
+        ax.set_title(title + extreme, fontsize=10)
         ax.set_xlabel("Epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        epochs_drawn = [e for es, _ in lines.values() for e in es]
+        ax.set_xlim(min(epochs_drawn) - 0.5, max(epochs_drawn) + 0.5)  # one epoch: not 0.945 .. 1.05
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-        if title.lower().startswith("loss") and all(v > 0 for _, vs in lines.values() for v in vs):
+        all_values = [v for _, vs in lines.values() for v in vs]
+        if is_loss and all(v > 0 for v in all_values):
             ax.set_yscale("log")
+            _label_log_axis(ax, all_values)
     for ax in axes[len(series):]:
         ax.set_visible(False)
     if not series:

@@ -1,21 +1,25 @@
-"""A training run directory, read once: its name, per-epoch summary, flags and best checkpoint,
-and its last validation predictions scored by the LUNA16 rules.
+"""A training run directory, read once: its name, per-epoch summary, flags and best checkpoint;
+``luna evaluate``'s final evaluation in its ``eval/`` folder, when there is one; else its last
+validation predictions scored by the LUNA16 rules.
 
 Whatever is missing (no predictions, no annotations, no checkpoint) becomes a note instead of an
 error: a report of a half-finished run is still worth reading.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from luna.errors import DataError
-from luna.eval.evaluation import Evaluation, evaluate
+from luna.eval.evaluation import Evaluation, evaluate, froc_from_json
+from luna.eval.froc import FrocResult
 from luna.luna16.csvfiles import read_annotations, read_predictions
-from luna.luna16.paths import (ANNOTATION_FILE_NAMES, BEST_NAME, EXCLUDED_FILE_NAMES, LAST_NAME, RUN_META_NAME,
-                               SUMMARY_NAME, VAL_PREDICTIONS_NAME, find_optional_csv)
+from luna.luna16.paths import (ANNOTATION_FILE_NAMES, BEST_NAME, EVAL_DIR_NAME, EXCLUDED_FILE_NAMES, LAST_NAME,
+                               METRICS_NAME, RUN_META_NAME, SUMMARY_NAME, VAL_PREDICTIONS_NAME, find_optional_csv)
+from luna.report.evaluation_files import FIGURE_NAMES
 from luna.runtime.checkpoint import load_checkpoint
 from luna.runtime.rundir import read_run_meta, read_summary
 
@@ -33,6 +37,34 @@ class RunRecord:
     args: dict[str, Any] | None  # training flags, from the newest readable checkpoint
     best: dict[str, Any] | None  # best.pt's epoch, metric_name and metric_value
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FinalEvaluation:
+    """What ``luna evaluate`` left in the run's ``eval/`` folder: the figures of the file it scored."""
+
+    metrics_path: Path
+    predictions: list[str]  # the results file(s) it scored, as given to luna evaluate
+    froc: FrocResult  # its corner points and bootstrap interval, as metrics.json holds them
+    classification: dict[str, Any]  # the per-candidate figures (luna.eval.metrics keys)
+    figures: list[Path]  # the PNGs it wrote beside metrics.json
+
+
+def read_final_evaluation(run: RunRecord) -> FinalEvaluation | None:
+    """``RUN/eval/metrics.json`` (as the demo writes it), or None; an unreadable one becomes a note."""
+    path = run.run_dir / EVAL_DIR_NAME / METRICS_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        froc, classification = froc_from_json(data["froc"]), dict(data["classification"])
+        predictions = (data.get("inputs") or {}).get("predictions") or []
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        run.notes.append(f"{path} cannot be read ({type(exc).__name__}: {exc}): the final evaluation is left out")
+        return None
+    predictions = [str(p) for p in predictions] if isinstance(predictions, list) else [str(predictions)]
+    figures = [path.parent / name for name in FIGURE_NAMES if (path.parent / name).is_file()]
+    return FinalEvaluation(path, predictions, froc, classification, figures)
 
 
 def _read_checkpoint(path: Path, notes: list[str]) -> dict[str, Any] | None:

@@ -341,7 +341,10 @@ class CheckpointSaver:
         value = float(ckpt.get("metric_value", math.nan))
         if not math.isnan(value):
             self.best_metric = value
-            log.info("Resuming with best %s = %.4f from %s", self.metric_name, value, self.best_path)
+            if self.metric_name == "epoch":  # an epoch number, not a score
+                log.info("Resuming: %s holds epoch %d", self.best_path, value)
+            else:
+                log.info("Resuming with best %s = %.4f from %s", self.metric_name, value, self.best_path)
 
     def is_improvement(self, metric_value: float) -> bool:
         """Whether ``metric_value`` beats the best so far (NaN never does, ties do not)."""

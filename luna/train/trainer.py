@@ -27,11 +27,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from luna.data.cache import fill_cache
 from luna.data.dataset import LunaDataset
 from luna.data.negatives import HardNegativeMiner, excluded_filter
-from luna.errors import DataError, LunaError, UsageError
+from luna.errors import DataError, LunaError
 from luna.eval.metrics import GOAL_PRECISION, RECALL_AT_GOAL_KEY
 from luna.luna16.paths import EXCLUDED_FILE_NAMES, LAST_NAME, RUN_META_NAME, VAL_PREDICTIONS_NAME, find_optional_csv
 from luna.models.classifier import build_model, count_parameters
-from luna.runtime.checkpoint import CheckpointSaver, load_checkpoint, load_model_state, make_checkpoint, restore_rng_state
+from luna.runtime.checkpoint import CheckpointSaver, load_model_state, make_checkpoint, restore_rng_state
 from luna.runtime.device import StepConfig, prepare_model, resolve_performance
 from luna.runtime.rundir import read_run_meta, write_run_meta
 from luna.runtime.distributed import (DistContext, barrier, cleanup_distributed, first_occurrence_mask,
@@ -39,6 +39,7 @@ from luna.runtime.distributed import (DistContext, barrier, cleanup_distributed,
 from luna.train.config import TrainConfig
 from luna.train.engine import METRICS_LOSS_NDX, epoch_metrics, evaluate, train_one_epoch
 from luna.train.recipe import build_optimizer, build_scheduler
+from luna.train.resume import check_resume, load_run_checkpoint
 from luna.train.runlog import RunLogger, format_epoch_lines
 from luna.train.validation import ValidationScorer
 
@@ -103,6 +104,10 @@ class ClassifierTrainer:
     # -- setup ----------------------------------------------------------------------------------
     def _setup(self) -> None:
         c, ctx = self.config, self.ctx
+        if c.resume:
+            # Before any work: a resume that would change the run, or train nothing, stops here.
+            self.resume_ckpt = load_run_checkpoint(c.resume)
+            check_resume(c, self.resume_ckpt, c.resume)
         if ctx.is_primary:
             log.info("Starting %s, %s", self.app_name, c)
         seed_everything(c.seed, ctx.rank)
@@ -170,24 +175,17 @@ class ClassifierTrainer:
         c = self.config
         if c.resume:
             meta = read_run_meta(c.resume)
-            if meta is None:
+            if meta is None:  # load_run_checkpoint saw it a moment ago
                 raise DataError(f"--resume {c.resume}: not a luna run directory (no {RUN_META_NAME})")
             return Path(meta["tb_dir"]), meta["run_name"], meta["comment"]
         return c.runs_dir / c.tb_prefix, datetime.datetime.now().strftime("%Y-%m-%d_%H.%M.%S"), c.comment
 
     def _restore(self) -> tuple[int, int]:
-        """Load ``run_dir/last.pt`` into the training state; return (next epoch, samples seen)."""
-        c, ctx, path = self.config, self.ctx, self.run_dir / LAST_NAME
-        ckpt = load_checkpoint(path, map_location=ctx.device)
-        # The model name is checked here rather than by load_model_state so that the error names
-        # the flag to pass.
-        trained = ckpt.get("model_name")
-        if trained != c.model:
-            raise UsageError(f"--resume {self.run_dir}: the run trained --model {trained}; pass --model {trained}")
-        load_model_state(self.model, ckpt, path)
-        used = ckpt.get("args", {}).get("optimizer", c.optimizer)
-        if used != c.optimizer:
-            raise UsageError(f"--resume {self.run_dir}: the run used --optimizer {used}, not {c.optimizer}")
+        """Load the run's ``last.pt`` (read and checked by :meth:`_setup`) into the training state;
+        return (next epoch, samples seen)."""
+        c, ctx, ckpt = self.config, self.ctx, self.resume_ckpt
+        # On the CPU: load_state_dict copies the tensors to the model's and optimiser's device.
+        load_model_state(self.model, ckpt, self.run_dir / LAST_NAME, expected_name=c.model)
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
         if self.scheduler is not None and ckpt.get("scheduler_state"):
             self.scheduler.load_state_dict(ckpt["scheduler_state"])
@@ -234,8 +232,8 @@ class ClassifierTrainer:
         self.train_loader.sampler.set_epoch(epoch)
         self.generator.manual_seed(int(np.random.SeedSequence([c.seed, ctx.rank, epoch]).generate_state(1)[0]))
         if ctx.is_primary:
-            log.info("Epoch %d of %d, %d/%d batches of size %d*%d", epoch, c.epochs, len(self.train_loader),
-                     len(self.val_loader), c.batch_size, ctx.world_size)
+            log.info("Epoch %d of %d: %d training and %d validation batches of %d*%d samples", epoch, c.epochs,
+                     len(self.train_loader), len(self.val_loader), c.batch_size, ctx.world_size)
         start = time.monotonic()
         trn_t, trn_ndx = train_one_epoch(self.train_model, self.train_loader, self.optimizer, self.scheduler,
                                          self.scaler, self.step_cfg, epoch, self.augment, self.generator)

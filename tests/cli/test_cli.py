@@ -26,6 +26,10 @@ def test_every_command_has_a_full_help(command, capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: luna") and "--debug" in out
+    # Plain text for a terminal: no reStructuredText markup, no sources a user cannot read, no
+    # "default" that says nothing.
+    for unwanted in ("``", "SPEC", "(default: None)", "(default: False)", ":func:", ":class:"):
+        assert unwanted not in out, unwanted
 
 
 def test_python_dash_m_reaches_the_same_apps():
@@ -72,6 +76,27 @@ def test_full_disk_is_one_line_exit_1_other_os_errors_keep_their_traceback(capsy
     _Failing.error = OSError(errno.EIO, "Input/output error")  # not the user's doing: a bug or a broken disk
     with pytest.raises(OSError):
         run_app(_Failing, [])
+
+
+@pytest.mark.parametrize("error, expected", [
+    (PermissionError(errno.EACCES, "Permission denied", "cache/x.npy"), "cache/x.npy: permission denied"),
+    (OSError(errno.EROFS, "Read-only file system", "/ro/cache"), "/ro/cache: read-only file system"),
+    (IsADirectoryError(errno.EISDIR, "Is a directory", "out.csv"), "out.csv: is a folder, not a file"),
+])
+def test_an_os_error_on_a_path_is_one_line_naming_it_exit_1(error, expected, capsys):
+    _Failing.error = error
+    assert run_app(_Failing, [], prog="luna prepcache") == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"luna prepcache: error: {expected}"]
+    with pytest.raises(OSError):
+        run_app(_Failing, ["--debug"])
+
+
+def test_a_file_where_a_folder_is_expected_names_the_file(tmp_path, capsys):
+    (tmp_path / "runs").write_text("not a folder")
+    _Failing.error = NotADirectoryError(errno.ENOTDIR, "Not a directory", str(tmp_path / "runs" / "luna" / "x"))
+    assert run_app(_Failing, [], prog="luna train") == 1
+    assert capsys.readouterr().err.strip() == (f"luna train: error: {tmp_path / 'runs'}: is a file where a folder "
+                                               f"is expected (writing {tmp_path / 'runs' / 'luna' / 'x'})")
 
 
 def test_usage_error_exit_2(capsys):

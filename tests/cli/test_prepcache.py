@@ -1,3 +1,5 @@
+import errno
+import os
 import signal
 import subprocess
 import sys
@@ -140,3 +142,44 @@ def test_disk_full_while_writing_keeps_earlier_entries(tiny_luna, tmp_path, caps
     assert ".npy" in err[-1] and "Traceback" not in "\n".join(err)
     after = {p: p.read_bytes() for p in cache_dir.rglob("*") if p.is_file()}
     assert after == before  # the finished entry is intact and no partial one or temp file is left
+
+
+def _error_line(capsys) -> str:
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("luna prepcache: error:")]
+    return line
+
+
+def test_a_cache_dir_that_is_a_file_is_one_line(tiny_luna, tmp_path, capsys):
+    cache_file = tmp_path / "cache"
+    cache_file.write_text("a file, not a folder")
+    code = run_app(LunaPrepCacheApp, ["--data-dir", str(tiny_luna["root"]), "--cache-dir", str(cache_file),
+                                      "--num-workers", "0"], prog="luna prepcache")
+    assert code == 1 and _error_line(capsys).startswith(f"luna prepcache: error: {cache_file}: is a file where "
+                                                        "a folder is expected")
+    assert cache_file.read_text() == "a file, not a folder"
+
+
+def test_a_read_only_cache_dir_is_one_line(tiny_luna, tmp_path, capsys, monkeypatch):
+    # Running as root, chmod 0555 would not stop a write: the file system refuses it instead.
+    import luna.atomic
+
+    def read_only(path, *args, **kwargs):  # atomic_open opens its hidden temp file
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(luna.atomic, "open", read_only, raising=False)
+    cache_dir = tmp_path / "cache"
+    code = run_app(LunaPrepCacheApp, ["--data-dir", str(tiny_luna["root"]), "--cache-dir", str(cache_dir),
+                                      "--num-workers", "0"], prog="luna prepcache")
+    line = _error_line(capsys)
+    assert code == 1 and line.endswith(": read-only file system") and str(cache_dir) in line
+    assert ".tmp-" not in line  # the file the user would look for, not the hidden temp file
+
+
+def test_an_unwritable_cache_dir_for_real(tiny_luna, tmp_path, capsys):
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir(mode=0o555)
+    if os.access(cache_dir, os.W_OK):
+        pytest.skip("running as root: chmod does not take write permission away")
+    code = run_app(LunaPrepCacheApp, ["--data-dir", str(tiny_luna["root"]), "--cache-dir", str(cache_dir),
+                                      "--num-workers", "0"], prog="luna prepcache")
+    assert code == 1 and _error_line(capsys).endswith(": permission denied")

@@ -149,6 +149,13 @@ def test_bad_predictions_exit_1_with_one_line(study, tmp_path, capsys, content, 
     assert line.startswith("luna evaluate: error:") and expected in line and "bad.csv" in line
 
 
+def test_an_out_dir_that_is_a_file_is_one_line(study, tmp_path, capsys):
+    blocker = tmp_path / "out"
+    blocker.write_text("a file")
+    code, line = run_and_capture(capsys, argv(study, f"--out-dir={blocker}", "--bootstraps=0"))
+    assert code == 1 and line == f"luna evaluate: error: {blocker}: is a file where a folder is expected"
+
+
 def test_no_nodule_in_evaluated_scans_exits_1(study, tmp_path, capsys):
     series = tmp_path / "series.txt"
     series.write_text("not.a.scan\n")

@@ -258,6 +258,15 @@ def test_out_that_is_a_directory_is_a_usage_error(setup, tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+def test_out_under_a_file_is_one_line_naming_it(setup, tmp_path, capsys):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file")
+    assert predict("--checkpoint", str(setup["ckpt"]), "--out", str(blocker / "p.csv"), "--series",
+                   setup["data"]["uids"][0], "--tta-views", "1") == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert errors == [f"luna predict: error: {blocker}: is a file where a folder is expected"]
+
+
 def test_results_file_reads_back_for_scoring(setup, tmp_path):
     out = tmp_path / "p.csv"
     assert predict("--checkpoint", str(setup["ckpt"]), "--split", "all", "--out", str(out),

@@ -94,3 +94,13 @@ def test_candidate_split_is_the_reference_stride():
     assert val == candidates[::10]
     assert len(train) == len(candidates) - len(val) and not set(train) & set(val)
     assert split_candidates(candidates, 0, True) == candidates
+
+
+def test_scans_without_candidate_rows_are_counted_in_the_log(tiny_luna, caplog):
+    root, first = tiny_luna["root"], tiny_luna["uids"][0]
+    rows = [row for row in tiny_luna["candidates"] if row[0] != first]
+    csv_path = write_csv(root / "some_candidates.csv", HEADER, rows)
+    with caplog.at_level("INFO"):
+        infos = get_candidate_info_list(root, candidates_csv=csv_path)
+    assert first not in {info.series_uid for info in infos}
+    assert f"1 of the 4 scans on disk have no candidates in {csv_path}" in caplog.text

@@ -72,9 +72,54 @@ def test_histogram_is_log_scaled_with_one_bar_set_per_class(scores):
     labels, probs = scores
     ax = probability_histogram_figure(labels, probs, threshold=0.3).axes[0]
     assert ax.get_yscale() == "log"
-    assert "20 nodules" in ax.get_title() and "500 others" in ax.get_title()
+    assert "20 candidates on a nodule" in ax.get_title() and "500 others" in ax.get_title()
     heights = [sum(p.get_height() for p in container) for container in ax.containers]
     assert heights == [500, 20]
+    assert not any("suppressed" in text.get_text() for text in ax.texts)  # unknown: no claim
+
+
+def test_histogram_of_suppressed_scores_says_where_the_twins_are(scores):
+    ax = probability_histogram_figure(*scores, suppression_mm=10).axes[0]
+    (note,) = [text.get_text() for text in ax.texts if "suppressed" in text.get_text()]
+    assert "within 10 mm" in note and "below 0.1" in note
+    assert not any("suppressed" in text.get_text()
+                   for text in probability_histogram_figure(*scores, suppression_mm=0).axes[0].texts)
+
+
+def _froc_line(fig):
+    (line,) = [line for line in fig.axes[0].get_lines() if line.get_label() == "FROC"]
+    return np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+
+
+def test_froc_curve_starts_at_its_first_real_point_not_at_zero_on_the_left_edge():
+    # Two scans, each nodule scored above every false positive: sensitivity 1 before the first one.
+    ann = {"a": np.array([[0, 0, 0, 10.0]]), "b": np.array([[0, 0, 0, 10.0]])}
+    uids = ["a", "a", "a", "b", "b"]
+    centers = np.array([[0, 0, 0], [90, 0, 0], [150, 0, 0], [0, 0, 0], [90, 0, 0]], float)
+    result = compute_froc(uids, centers, np.array([0.9, 0.5, 0.2, 0.8, 0.4]), ann)
+    fig = froc_figure(result)
+    xs, ys = _froc_line(fig)
+    x_min = fig.axes[0].get_xlim()[0]
+    assert xs[0] == x_min and ys[0] == 1.0  # no rise from 0 drawn up the left edge
+    assert (xs == x_min).sum() == 1
+
+
+def test_log_axis_has_a_tick_label_at_its_lowest_point():
+    rows = [{"epoch": e, "trn/loss/all": v, "val/loss/all": v * 1.2} for e, v in enumerate([0.7, 0.2, 0.05, 0.02], 1)]
+    ax = training_curves_figure(rows).axes[0]
+    assert ax.get_yscale() == "log"
+    bottom, top = ax.get_ylim()
+    labelled = [tick for tick, label in zip(ax.get_yticks(), ax.get_yticklabels())
+                if label.get_text() and bottom <= tick <= top]
+    assert bottom <= min(labelled) <= 0.02  # a label at or below the lowest loss, inside the axis
+
+
+def test_curves_mark_best_pt_and_call_no_other_epoch_best():
+    rows = [{"epoch": e, "val/auc/roc": v} for e, v in enumerate([0.9, 0.97, 0.95], 1)]
+    ax = training_curves_figure(rows, marked_epoch=3).axes[0]
+    assert ax.get_title() == "ROC AUC — highest val 0.970 (epoch 2)" and "best" not in ax.get_title()
+    (mark,) = [line for line in ax.get_lines() if line.get_label() == "best.pt (epoch 3)"]
+    assert list(mark.get_xdata()) == [3, 3]
 
 
 def test_training_curves_from_long_or_wide_rows(tmp_path):
@@ -85,13 +130,13 @@ def test_training_curves_from_long_or_wide_rows(tmp_path):
                  for e in (1, 2, 3)]
     long_fig = training_curves_figure(long_rows)
     titles = [ax.get_title() for ax in long_fig.axes if ax.get_visible()]
-    assert titles[0] == "Loss — best val 1.333 (epoch 3)"
-    assert titles[3] == "CPM (LUNA16) — best val 0.375 (epoch 3)"
+    assert titles[0] == "Loss — lowest val 1.333 (epoch 3)"
+    assert titles[3] == "CPM (LUNA16) — highest val 0.375 (epoch 3)"
     cpm_lines = long_fig.axes[3].get_lines()
     assert [line.get_label() for line in cpm_lines] == ["val"]  # trn has no CPM
     wide_fig = training_curves_figure(wide_rows)
     wide_titles = [ax.get_title() for ax in wide_fig.axes if ax.get_visible()]
-    assert wide_titles == ["Loss — best val 0.667 (epoch 3)", "CPM (LUNA16) — best val 0.600 (epoch 2)"]
+    assert wide_titles == ["Loss — lowest val 0.667 (epoch 3)", "CPM (LUNA16) — highest val 0.600 (epoch 2)"]
     save_figure(long_fig, tmp_path / "curves.png")
     save_figure(training_curves_figure([]), tmp_path / "none.png")
 

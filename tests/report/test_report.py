@@ -1,6 +1,7 @@
 """`luna report`: one self-contained HTML page from a real (tiny) training run."""
 import base64
 import csv
+import html
 import json
 import re
 import shutil
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from luna.cli.common import run_app
+from luna.cli.evaluate import LunaEvaluateApp
+from luna.runtime.checkpoint import load_checkpoint
 from luna.cli.report import LunaReportApp
 from luna.cli.train import LunaTrainingApp
 from tests.conftest import make_tiny_luna
@@ -62,7 +65,7 @@ def test_report_is_one_self_contained_page(run_copy, caplog):
     # The headline CPM of the re-scored predictions is the one training logged for its last epoch.
     last = _summary(run_copy)[-1]
     cpm = f"{float(last['val_froc/cpm']):.3f}"
-    assert re.search(r"final validation CPM</div><div class=\"value\">" + re.escape(cpm) + "</div>", page)
+    assert re.search(r"last validation CPM</div><div class=\"value\">" + re.escape(cpm) + "</div>", page)
     assert "bootstraps" in page and "95% interval [" in page
     assert "epoch 2</div>" in page and "the final weights (--best-metric epoch)" in page  # best.pt's card
     # The per-epoch table has both epochs, the arguments table the training flags.
@@ -90,7 +93,56 @@ def test_without_predictions_the_curves_and_tables_remain(run_copy, tmp_path):
     assert len(IMG_RE.findall(page)) == 1  # the training curves only
     assert "no val_predictions.csv" in page and "Per-epoch summary" in page
     last = _summary(run_copy)[-1]
-    assert f"{float(last['val_froc/cpm']):.3f}" in page and "from summary.csv" in page
+    assert f"{float(last['val_froc/cpm']):.3f}" in page and "summary.csv, epoch 2: the training&#x27;s own" in page
+
+
+def _card(page: str, label: str) -> tuple[str, str]:
+    """(value, detail) of the headline card called ``label``."""
+    match = re.search(re.escape(label) + r'</div><div class="value">([^<]*)</div><div class="detail">([^<]*)</div>',
+                      page)
+    assert match, label
+    return match.group(1), html.unescape(match.group(2))
+
+
+def test_every_figure_says_what_it_is_and_the_counts_agree(run_copy):
+    page = _report(run_copy)
+    text = html.unescape(page)
+    # The headline and the final section are both val_predictions.csv of the last epoch, suppressed.
+    _, detail = _card(page, "ROC AUC per candidate")
+    assert detail.startswith("val_predictions.csv of epoch 2 (one view, suppressed): ")
+    n_candidates, n_pos = re.search(r"(\d+) candidates, (\d+) on a nodule", detail).groups()
+    assert f"Per candidate (ROC, precision-recall, histogram): {n_candidates} candidates, {n_pos} of them " \
+           "on a nodule" in text
+    assert "Last validation: val_predictions.csv, epoch 2" in text and "twins within 10 mm suppressed" in text
+    # The table and the curves are the training's own figures, and say so.
+    assert text.count("the training's own validation (one view per candidate)") == 2
+    assert "Highlighted: epoch 2, the one in best.pt." in text
+
+
+def test_the_final_evaluation_is_the_headline_when_the_run_has_one(run_copy, capsys):
+    # What the demo does after training: luna predict, then luna evaluate into RUN/eval.
+    predictions = run_copy / "predictions_val.csv"
+    shutil.copy(run_copy / "val_predictions.csv", predictions)
+    args = load_checkpoint(run_copy / "last.pt")["args"]
+    assert run_app(LunaEvaluateApp, ["--predictions", str(predictions), "--annotations",
+                                     str(Path(args["data_dir"]) / "annotations.csv"), "--bootstraps", "20",
+                                     "--out-dir", str(run_copy / "eval")]) == 0
+    capsys.readouterr()
+    metrics = json.loads((run_copy / "eval" / "metrics.json").read_text())
+    page = _report(run_copy)
+    value, detail = _card(page, "final evaluation CPM")
+    low, high = metrics["froc"]["cpm_ci"]
+    assert value == f"{metrics['froc']['cpm']:.3f}" and f"[{low:.3f}, {high:.3f}], 20 bootstraps" in detail
+    assert "luna evaluate of predictions_val.csv" in detail
+    assert _card(page, "ROC AUC per candidate")[0] == f"{metrics['classification']['auc/roc']:.3f}"
+    text = html.unescape(page)
+    assert f"From {run_copy / 'eval' / 'metrics.json'}: luna evaluate of {predictions}" in text
+    assert "Last validation:" not in text and "last validation CPM" not in text  # one source
+    images = IMG_RE.findall(page)
+    assert len(images) == 1 + 4  # the curves, and luna evaluate's own four PNGs
+    written = {base64.b64encode((run_copy / "eval" / name).read_bytes()).decode() for name in
+               ("froc.png", "roc.png", "precision_recall.png", "probability_histogram.png")}
+    assert written <= set(images)
 
 
 def _error_lines(capsys) -> list[str]:
@@ -107,6 +159,14 @@ def test_annotations_flag_overrides_and_a_missing_one_is_an_error(run_copy, tmp_
     assert run_app(LunaReportApp, [str(run_copy), "--annotations", str(tmp_path / "nope.csv")],
                    prog="luna report") == 1
     assert _error_lines(capsys) == [f"luna report: error: annotations file {tmp_path / 'nope.csv'} does not exist"]
+
+
+def test_an_out_under_a_file_is_one_line(run_copy, tmp_path, capsys):
+    blocker = tmp_path / "pages"
+    blocker.write_text("a file")
+    assert run_app(LunaReportApp, [str(run_copy), "--bootstraps", "0", "--out", str(blocker / "r.html")],
+                   prog="luna report") == 1
+    assert _error_lines(capsys) == [f"luna report: error: {blocker}: is a file where a folder is expected"]
 
 
 def test_a_directory_that_is_not_a_run_fails_in_one_line(tmp_path, capsys):

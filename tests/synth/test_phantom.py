@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
+import stat
 import subprocess
 import sys
 from collections import Counter
@@ -258,3 +260,18 @@ def test_errors_by_kind_script_reads_a_results_file(tiny, tmp_path):
     for bad in (tmp_path / "missing.csv", tiny["root"] / "annotations.csv"):
         done = subprocess.run([sys.executable, str(script), str(bad)], capture_output=True, text=True, timeout=120)
         assert done.returncode == 1 and done.stderr.count("\n") == 1 and str(bad) in done.stderr
+
+
+def test_the_data_set_gets_the_usual_modes_not_the_temp_dirs_private_one(tmp_path):
+    # mkdtemp makes its folder 0700: a data set renamed from it would hide its scans from other
+    # users, who would then read "no .mhd scans found".
+    old = os.umask(0o022)
+    try:
+        summary = make_dataset(tmp_path / "data", n_series=1, size="tiny")
+    finally:
+        os.umask(old)
+    root = summary.out_dir
+    folders = [root, *(p for p in root.rglob("*") if p.is_dir())]
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in folders} == {oct(0o755)}
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {oct(0o644)}

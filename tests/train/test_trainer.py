@@ -59,7 +59,7 @@ def test_short_run_logs_tensorboard_summary_and_checkpoints(data, tmp_path, capl
         LunaTrainingApp(_argv(data, tmp_path, "--epochs", "2", "--augment")).main()
     text = caplog.text
     assert "Starting LunaTrainingApp, TrainConfig(" in text
-    assert "Epoch 1 of 2, 3/2 batches of size 8*1" in text
+    assert "Epoch 1 of 2: 3 training and 2 validation batches of 8*1 samples" in text
     for prefix in ("E1 trn      ", "E1 trn_neg  ", "E1 trn_pos  ", "E2 val      ", "E2 val_pos  "):
         assert prefix in text, prefix
     run_dir = _run_dir(tmp_path)

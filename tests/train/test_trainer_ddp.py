@@ -26,7 +26,7 @@ def test_torchrun_two_processes_train_gather_and_checkpoint(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Epoch 1 of 2, 3/2 batches of size 4*2" in result.stderr
+    assert "Epoch 1 of 2: 3 training and 2 validation batches of 4*2 samples" in result.stderr
     # Rank 0 alone logs: each epoch line appears once.
     assert result.stderr.count("E2 val      ") == 2  # the metrics line and the CPM line
     (run_dir,) = [p for p in (runs / "luna").iterdir() if (p / "run.json").exists()]

@@ -1,6 +1,7 @@
 """Faults a long training run must survive, with real processes: kill -9 and resume, a loss
 that blows up, running out of memory, bad flags; and a soak run with flat RSS and file handles."""
 import csv
+import errno
 import os
 import resource
 import signal
@@ -77,7 +78,7 @@ def test_loss_blowing_up_stops_with_epoch_and_batch_and_keeps_the_checkpoint(dat
     assert run_app(LunaTrainingApp, _argv(data, tmp_path, "--epochs", "1", "--epoch-size", "16", *sgd)) == 0
     run_dir = _run_dir(tmp_path)
     before = (run_dir / "last.pt").read_bytes()
-    code = run_app(LunaTrainingApp, _argv(data, tmp_path, "--epochs", "2", "--epoch-size", "64",
+    code = run_app(LunaTrainingApp, _argv(data, tmp_path, "--epochs", "2", "--epoch-size", "16",
                                           "--resume", str(run_dir), "--lr", "1e30", *sgd), prog="luna train")
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1
@@ -125,11 +126,36 @@ def test_resume_with_another_model_names_the_one_it_trained(data, tmp_path, caps
                                           "--model", "luna_bn")) == 0
     run_dir = _run_dir(tmp_path)
     before = (run_dir / "last.pt").read_bytes()
-    # The default model is another one: the resume must say which to pass, and touch nothing.
-    assert run_app(LunaTrainingApp, _argv(data, tmp_path, "--epochs", "2", "--resume", str(run_dir))) == 2
+    # A resume takes the run's model; asking for another one is refused, and touches nothing.
+    assert run_app(LunaTrainingApp, _argv(data, tmp_path, "--epochs", "2", "--model", "luna_centre",
+                                          "--resume", str(run_dir))) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "the run trained --model luna_bn; pass --model luna_bn" in err
+    assert "the run was trained with --model luna_bn, not --model luna_centre" in err
     assert (run_dir / "last.pt").read_bytes() == before
+
+
+def _error_line(capsys) -> str:
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("luna train: error:")]
+    return line
+
+
+def test_a_runs_dir_that_is_a_file_is_one_line(data, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.write_text("a file")
+    assert run_app(LunaTrainingApp, _argv(data, tmp_path, "--epoch-size", "8"), prog="luna train") == 1
+    assert _error_line(capsys).startswith(f"luna train: error: {runs}: is a file where a folder is expected")
+
+
+def test_a_read_only_cache_dir_is_one_line(data, tmp_path, capsys, monkeypatch):
+    import luna.atomic
+
+    def read_only(path, *args, **kwargs):  # what a read-only mount answers, even to root
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(luna.atomic, "open", read_only, raising=False)
+    assert run_app(LunaTrainingApp, _argv(data, tmp_path, "--epoch-size", "8"), prog="luna train") == 1
+    line = _error_line(capsys)
+    assert line.startswith(f"luna train: error: {tmp_path / 'cache'}") and line.endswith(": read-only file system")
 
 
 def test_soak_rss_and_open_files_stay_flat(data, tmp_path):
