@@ -23,7 +23,8 @@ from torch import nn
 from luna.atomic import atomic_open
 from luna.data.crops import CropConfig
 from luna.errors import DataError, UsageError
-from luna.infer.exported import JIT_DEPRECATION, ONNX_INSTALL_HINT, onnx_classifier, torchscript_classifier
+from luna.infer.exported import (JIT_DEPRECATION, ONNX_INSTALL_HINT, exported_format, onnx_classifier,
+                                 torchscript_classifier)
 from luna.infer.modelcard import EXPORT_FORMATS, INPUT_NAME, OUTPUT_NAMES, build_card, card_path, write_card
 from luna.infer.predict import crop_of_checkpoint
 from luna.models.classifier import count_parameters
@@ -133,6 +134,10 @@ def export_model(config: ExportConfig) -> Path:
     if config.format not in EXPORT_FORMATS:
         raise UsageError(f"--format {config.format}: expected one of {', '.join(EXPORT_FORMATS)}")
     ckpt_path = resolve_checkpoint_path(config.checkpoint)
+    already = exported_format(ckpt_path) if ckpt_path.is_file() else None
+    if already:
+        raise DataError(f"checkpoint {ckpt_path}: an exported {already} model, not a luna checkpoint; export the "
+                        "checkpoint it came from (its card names it)")
     ckpt = load_checkpoint(ckpt_path)
     out = Path(config.out or default_out(ckpt_path, config.format))
     check_out(out, config.format, ckpt_path)
