@@ -125,6 +125,8 @@ def load_exported(path: Path, model_format: str, device_arg: str = "auto") -> Ex
         UsageError: onnxruntime is not installed (ONNX).
     """
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
     card = read_card(path, model_format)
     crop = crop_of_card(card, card_path(path))
     device = resolve_device(device_arg)

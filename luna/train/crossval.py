@@ -146,8 +146,8 @@ def run_crossval(config: CrossvalConfig) -> Pooled | None:
         return None
     missing = [k for k in range(plan.n_folds) if not results_path(config.out_dir, k).is_file()]
     if missing and not config.pool_only:
-        log.info("Folds %s are not finished yet; the last one to finish pools them all (or --pool-only pools "
-                 "what is there)", ", ".join(map(str, missing)))
+        log.info("Not finished yet: fold(s) %s; the last fold to finish pools them all (--pool-only pools what "
+                 "is there)", ", ".join(map(str, missing)))
         return None
     return pool_folds(config, plan)
 
@@ -156,8 +156,10 @@ def run_fold(config: CrossvalConfig, plan: FoldPlan, fold: int) -> None:
     """Train fold ``fold`` on the other folds' scans (resuming a run that stopped) and score its
     held-out scans into its results file; a fold with a results file is left as it is."""
     results = results_path(config.out_dir, fold)
+    is_primary = launched_world()[0] == 0  # under torchrun, rank 0 logs and scores
     if results.is_file():
-        log.info("Fold %d of %d is finished (%s): skipped", fold, plan.n_folds, results)
+        if is_primary:
+            log.info("Fold %d of %d is finished (%s): skipped", fold, plan.n_folds, results)
         return
     held_out = plan.series[fold]
     train = dataclasses.replace(config.train, holdout_series=list(held_out), resume=None,
@@ -165,17 +167,16 @@ def run_fold(config: CrossvalConfig, plan: FoldPlan, fold: int) -> None:
                                 comment=f"{config.train.comment}-{fold_dir_name(fold)}")
     run_dir = latest_run(config.out_dir, fold)
     trained = load_checkpoint(run_dir / LAST_NAME)["epoch"] if run_dir and (run_dir / LAST_NAME).is_file() else 0
-    log.info("Fold %d of %d: holding out %d scans of subset(s) %s", fold, plan.n_folds, len(held_out),
-             ", ".join(map(str, plan.subsets[fold])))
+    if is_primary:
+        log.info("Fold %d of %d: holding out %d scans of subset(s) %s", fold, plan.n_folds, len(held_out),
+                 ", ".join(map(str, plan.subsets[fold])))
     if trained >= train.epochs:
-        log.info("Fold %d: %s has trained %d epochs already; scoring it", fold, run_dir, trained)
-        is_primary = launched_world()[0] == 0
+        if is_primary:
+            log.info("Fold %d: %s has trained %d epochs already; scoring it", fold, run_dir, trained)
     else:
         if trained:
             train.resume = run_dir
-        trainer = ClassifierTrainer(train, "LunaCrossvalApp")
-        run_dir = trainer.fit()
-        is_primary = trainer.ctx.is_primary
+        run_dir = ClassifierTrainer(train, "LunaCrossvalApp").fit()
     if not is_primary:
         return
     c = config.train
