@@ -118,6 +118,7 @@ class ClassifierTrainer:
             # Fixed input shapes: let cuDNN time its algorithms once and keep the fastest.
             torch.backends.cudnn.benchmark = True
         self.train_ds, self.val_ds = self._datasets()
+        self.data_counts = data_counts(self.train_ds, self.val_ds)
         if ctx.is_primary:
             fill_cache(self.train_ds.cache, self.train_ds.series_paths, self.train_ds.series_centers, c.num_workers)
         barrier(ctx)
@@ -289,7 +290,7 @@ class ClassifierTrainer:
             optimizer_state=self.optimizer.state_dict(),
             scheduler_state=self.scheduler.state_dict() if self.scheduler else None,
             scaler_state=self.scaler.state_dict() if self.scaler else None, epoch=epoch,
-            samples_seen=self.samples_seen, args=c, data=data_counts(self.train_ds, self.val_ds),
+            samples_seen=self.samples_seen, args=c, data=self.data_counts,
             val_metrics={key: float(value) for key, value in val_metrics.items()},
             negative_loss=torch.from_numpy(miner.loss) if miner is not None else None)
         # "epoch" ranks like any metric (higher is better), so best.pt follows the latest epoch.
@@ -298,8 +299,11 @@ class ClassifierTrainer:
 
 def data_counts(train_ds: LunaDataset, val_ds: LunaDataset) -> dict[str, int]:
     """How many scans and candidates each side of the run had, for the checkpoint (and a model card)."""
-    return {f"{side}_{what}": len({c.series_uid for c in ds.candidates}) if what == "scans" else len(ds.candidates)
-            for side, ds in (("train", train_ds), ("val", val_ds)) for what in ("scans", "candidates")}
+    counts = {}
+    for side, ds in (("train", train_ds), ("val", val_ds)):
+        counts[f"{side}_scans"] = len({c.series_uid for c in ds.candidates})
+        counts[f"{side}_candidates"] = len(ds.candidates)
+    return counts
 
 
 def _gather_unique(metrics_t: torch.Tensor, indices: torch.Tensor,

@@ -167,3 +167,11 @@ def test_end_to_end_folds_hold_out_their_subsets_and_a_rerun_skips_them(tmp_path
     results_path(out_dir, 1).unlink()
     assert LunaCrossvalApp([*argv, "--fold", "1"]).main().pooled_folds == [0, 1]
     assert results_path(out_dir, 1).read_text() == before
+
+
+def test_crossval_takes_the_training_flags_with_their_defaults():
+    assert LunaCrossvalApp(["--out-dir", "x"]).config.train == TrainConfig()
+    config = LunaCrossvalApp(["--out-dir", "x", "--lr", "0.01", "--epochs", "3", "--fold", "1", "mine"]).config
+    assert (config.train.lr, config.train.epochs, config.train.comment, config.fold) == (0.01, 3, "mine", 1)
+    with pytest.raises(SystemExit):
+        LunaCrossvalApp(["--out-dir", "x", "--resume", "somewhere"])  # crossval places and resumes runs itself
