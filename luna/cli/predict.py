@@ -34,7 +34,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="only these series (default: every scan of the split)")
     parser.add_argument("--split", choices=SPLIT_CHOICES, default=None,
                         help="val: the scans the training run held out (same val_stride and split as "
-                             "the checkpoint's run); train: the others; all: every scan on disk "
+                             "the checkpoint's run; a luna crossval fold's run: its fold's scans); train: the "
+                             "others; all: every scan on disk "
                              "(default: val on the training run's own data dir, else all; all with --series)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results CSV (default: predictions_<split>.csv beside the checkpoint)")
