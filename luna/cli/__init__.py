@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("luna.cli.train:LunaTrainingApp", "train the nodule classifier"),
     "predict": ("luna.cli.predict:LunaPredictApp", "score candidates and write a LUNA16 results file"),
     "evaluate": ("luna.cli.evaluate:LunaEvaluateApp", "FROC / CPM and friends by the LUNA16 rules"),
+    "crossval": ("luna.cli.crossval:LunaCrossvalApp", "cross-validation by subset: train, predict, pool the folds"),
+    "export": ("luna.cli.export:LunaExportApp", "a checkpoint as ONNX or TorchScript, with a model card"),
     "report": ("luna.cli.report:LunaReportApp", "one self-contained HTML page for a training run"),
     "bench-loader": ("luna.cli.bench_loader:LunaBenchLoaderApp", "data loader throughput by workers and batch size"),
 }

@@ -19,8 +19,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = new_parser("luna predict", "Score candidates with a trained model and write a LUNA16 results file "
                                         "(seriesuid,coordX,coordY,coordZ,probability).")
     parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="a checkpoint file, or a training run directory (its best.pt, which luna train makes the "
-                             "final weights unless told otherwise by --best-metric); required")
+                        help="a checkpoint file, a training run directory (its best.pt, which luna train makes the "
+                             "final weights unless told otherwise by --best-metric), or a model luna export wrote "
+                             "(.onnx, needs onnxruntime; or TorchScript) with its card beside it; required")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="LUNA16-layout root holding subset*/ and the CSVs (default: the training "
                              "run's --data-dir, else $LUNA_DATA_DIR or data/luna16)")
@@ -33,7 +34,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="only these series (default: every scan of the split)")
     parser.add_argument("--split", choices=SPLIT_CHOICES, default=None,
                         help="val: the scans the training run held out (same val_stride and split as "
-                             "the checkpoint's run); train: the others; all: every scan on disk "
+                             "the checkpoint's run; a luna crossval fold's run: its fold's scans); train: the "
+                             "others; all: every scan on disk "
                              "(default: val on the training run's own data dir, else all; all with --series)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results CSV (default: predictions_<split>.csv beside the checkpoint)")

@@ -27,6 +27,13 @@ from luna.train.trainer import ClassifierTrainer
 def get_args_parser() -> argparse.ArgumentParser:
     parser = new_parser("luna train", "Train the nodule classifier on the candidates of a LUNA16-format "
                                       "data set; metrics every epoch, checkpoints in runs/<tb-prefix>/.")
+    add_training_args(parser)
+    return add_common_args(parser)
+
+
+def add_training_args(parser: argparse.ArgumentParser, own_run_dir: bool = True) -> None:
+    """Every flag of a training run (the fields of TrainConfig). ``own_run_dir=False`` leaves out
+    where the run goes and ``--resume``, for a command that places and resumes runs itself."""
     data = parser.add_argument_group("data")
     add_data_dir_arg(data)
     add_cache_dir_arg(data, "; filled first if incomplete")
@@ -50,14 +57,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--epochs", type=positive_int, default=1,
                      help="epochs to train (in total; with --resume, the run's own unless given)")
-    run.add_argument("--tb-prefix", default=DEFAULT_TB_PREFIX, help="runs/<tb-prefix>/ groups runs for TensorBoard")
-    run.add_argument("--runs-dir", type=Path, default=Path(DEFAULT_RUNS_DIR),
-                     help="root of TensorBoard runs and run directories")
+    if own_run_dir:
+        run.add_argument("--tb-prefix", default=DEFAULT_TB_PREFIX,
+                         help="runs/<tb-prefix>/ groups runs for TensorBoard")
+        run.add_argument("--runs-dir", type=Path, default=Path(DEFAULT_RUNS_DIR),
+                         help="root of TensorBoard runs and run directories")
     run.add_argument("--tb-single-writer", action="store_true",
                      help="one TensorBoard run with trn/ and val/ in the tag names, instead of two runs")
-    run.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
-                     help="continue the run in RUN_DIR from its last.pt, with its own flags; only --epochs, "
-                          "--lr, --data-dir, --cache-dir, --num-workers and the speed flags may change")
+    if own_run_dir:
+        run.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                         help="continue the run in RUN_DIR from its last.pt, with its own flags; only --epochs, "
+                              "--lr, --data-dir, --cache-dir, --num-workers and the speed flags may change")
     run.add_argument("--best-metric", default="epoch", choices=BEST_METRICS,
                      help="what picks best.pt. epoch: the latest epoch, i.e. the final weights, where the cosine "
                           "schedule has annealed to (on new scans they scored as well as or better than an epoch "
@@ -109,7 +119,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     speed = parser.add_argument_group("speed")
     add_device_args(speed)
     speed.add_argument("--compile", action="store_true", help="torch.compile the model")
-    return add_common_args(parser)
 
 
 def typed_args(argv: Sequence[str] | None) -> dict:

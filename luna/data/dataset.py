@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ class LunaDataset(Dataset):
         keep: maps the selected candidates to a (N,) bool mask of those to sample; the others are
             left out of this dataset but keep their place in the cache (e.g. training negatives on
             findings the scoring ignores, see ``luna train --skip-excluded``).
+        holdout_series: scans on neither side of the split (a cross-validation fold's test scans).
     """
 
     def __init__(self, data_dir: Path, val_stride: int = 10, is_val: bool | None = None,
@@ -58,7 +59,8 @@ class LunaDataset(Dataset):
                  annotations_csv: Path | None = None,
                  candidate_info_list: Sequence[CandidateInfo] | None = None, seed: int = 0,
                  return_index: bool = False, crop_dtype: torch.dtype = torch.float32,
-                 keep: Callable[[list[CandidateInfo]], np.ndarray] | None = None):
+                 keep: Callable[[list[CandidateInfo]], np.ndarray] | None = None,
+                 holdout_series: Collection[str] = ()):
         self.data_dir = Path(data_dir)
         self.series_paths = find_series_files(self.data_dir)
         full = list(candidate_info_list) if candidate_info_list is not None else get_candidate_info_list(
@@ -80,7 +82,7 @@ class LunaDataset(Dataset):
         elif is_val is None:
             selected = full
         else:
-            selected = split_candidates(full, val_stride, is_val, split)
+            selected = split_candidates(full, val_stride, is_val, split, holdout_series)
         self.n_left_out = 0
         if keep is not None and selected:
             mask = np.asarray(keep(selected), dtype=bool)

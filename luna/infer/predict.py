@@ -3,8 +3,10 @@
 The output (``seriesuid,coordX,coordY,coordZ,probability``) is what ``luna evaluate`` and the
 official LUNA16 scripts read. Scans are read directly, one at a time, so they need not be in
 the crop cache and nothing but the results file is written. On the training run's own data dir
-the default split, ``val``, scores exactly the scans that the run held out for validation; on
-any other data dir every scan is new, and every scan is scored.
+the default split, ``val``, scores exactly the scans that the run held out (for validation, or
+the test scans of its cross-validation fold); on any other data dir every scan is new, and every
+scan is scored. The model is a checkpoint, or a file ``luna export`` wrote (ONNX, TorchScript),
+which runs in float32 with the crops, views and suppression it would have as a checkpoint.
 """
 from __future__ import annotations
 
@@ -13,14 +15,16 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Collection, Iterable, Iterator, Sequence
 
 import numpy as np
+from torch import nn
 
 from luna.data.candidates import get_candidate_info_list
 from luna.data.crops import CropConfig
 from luna.errors import DataError, UsageError
 from luna.eval.suppression import NMS_RADIUS_MM, suppress_neighbours
+from luna.infer.exported import exported_format, load_exported
 from luna.infer.scoring import ScanJob, iter_scan_scores
 from luna.io.scans import find_series_files
 from luna.luna16.candidates import CandidateInfo, split_candidates
@@ -94,7 +98,8 @@ def default_split(data_dir: Path, train_args: dict[str, Any], has_series: bool) 
 
 
 def select_candidates(candidates: Sequence[CandidateInfo], split: str, val_stride: int, split_mode: str,
-                      series: Sequence[str] | None = None) -> list[CandidateInfo]:
+                      series: Sequence[str] | None = None,
+                      holdout_series: Collection[str] = ()) -> list[CandidateInfo]:
     """The candidates of one side of the training run's split, optionally of some scans only.
 
     Args:
@@ -102,12 +107,19 @@ def select_candidates(candidates: Sequence[CandidateInfo], split: str, val_strid
         split: "val", "train" or "all".
         val_stride, split_mode: the training run's ``--val-stride`` and ``--split``.
         series: keep only these series uids.
+        holdout_series: the scans a cross-validation fold's run held out altogether; when given,
+            they are "val" and every other scan is "train".
 
     Raises:
         DataError: a uid in ``series`` has no candidates on disk, or lies on the other side.
     """
-    selected = list(candidates) if split == "all" else split_candidates(
-        candidates, val_stride, is_val=split == "val", split=split_mode)
+    if split == "all":
+        selected = list(candidates)
+    elif holdout_series:
+        held_out = set(holdout_series)
+        selected = [c for c in candidates if (c.series_uid in held_out) == (split == "val")]
+    else:
+        selected = split_candidates(candidates, val_stride, is_val=split == "val", split=split_mode)
     if series is None:
         return selected
     known = {c.series_uid for c in candidates}
@@ -168,47 +180,81 @@ def select_jobs(config: PredictConfig, train_args: dict[str, Any]) -> Selection:
     split = config.split or default_split(data_dir, train_args, bool(config.series))
     val_stride = int(train_args.get("val_stride", DEFAULT_VAL_STRIDE))
     split_mode = str(train_args.get("split", DEFAULT_SPLIT_MODE))
+    holdout = train_args.get("holdout_series") or ()
     series_paths = find_series_files(data_dir)
     candidates, has_annotations = read_candidates(data_dir, config.candidates, config.annotations)
     if not has_annotations and split != "all" and split_mode == "candidate":
         raise DataError(f"--split {split}: the run split by candidate, which depends on the nodule "
                         f"diameters; give --annotations (none found in {data_dir})")
-    selected = select_candidates(candidates, split, val_stride, split_mode, config.series)
+    selected = select_candidates(candidates, split, val_stride, split_mode, config.series, holdout)
     if not selected:
         raise DataError(f"the {split} split of {data_dir} is empty (val_stride={val_stride}, split={split_mode})")
     return Selection(data_dir, split, val_stride, split_mode, len(selected), make_jobs(selected, series_paths))
 
 
-def predict(config: PredictConfig) -> Path:
-    """Score the selected candidates and write the results file; return its path."""
-    ckpt_path = resolve_checkpoint_path(config.checkpoint)
+@dataclass
+class ScoringModel:
+    """A network ready to score crops, and what the run that made it says about them."""
+
+    model: nn.Module  # (N, 1, I, R, C) crops -> (logits, probabilities)
+    step_cfg: StepConfig
+    crop: CropConfig
+    train_args: dict[str, Any]
+    described: str  # for the log: where it came from and how it runs
+
+
+def checkpoint_model(ckpt_path: Path, config: PredictConfig) -> ScoringModel:
+    """A checkpoint's network on the configured device and precision, cropping as it was trained."""
     ckpt = load_checkpoint(ckpt_path)
     model = load_model(ckpt_path, ckpt)
     train_args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
-    selection = select_jobs(config, train_args)
-    out = config.out or ckpt_path.parent / predictions_name(selection.split)
-    if out.is_dir():
-        raise UsageError(f"--out {out} is a directory; give a file name such as {out / 'predictions.csv'}")
-
-    # The model on its device, cropping as it was trained.
     device = resolve_device(config.device)
     perf = resolve_performance(config.precision, config.channels_last, device)
     model = prepare_model(model, device, perf.channels_last).eval()
-    step_cfg = StepConfig(device, perf.precision, perf.channels_last)
-    crop = crop_of_checkpoint(ckpt_path, ckpt)
+    return ScoringModel(model, StepConfig(device, perf.precision, perf.channels_last),
+                        crop_of_checkpoint(ckpt_path, ckpt), train_args,
+                        f"{ckpt_path} epoch {ckpt.get('epoch', '?')} on {device}, {perf.precision}, "
+                        f"channels_last={perf.channels_last}")
+
+
+def exported_model(path: Path, model_format: str, config: PredictConfig) -> ScoringModel:
+    """An exported model (checked against its card), in float32 as it was exported."""
+    if config.precision not in ("auto", "fp32") or config.channels_last == "on":
+        raise UsageError(f"{path}: an exported model runs in float32 on contiguous crops; drop --precision "
+                         f"{config.precision} / --channels-last {config.channels_last}")
+    exported = load_exported(path, model_format, config.device)
+    args = exported.card.get("training", {}).get("args")
+    return ScoringModel(exported.model, StepConfig(exported.input_device, "fp32", False), exported.crop,
+                        args if isinstance(args, dict) else {},
+                        f"{path} ({model_format}, epoch {exported.card.get('model', {}).get('epoch', '?')}) "
+                        f"on {exported.input_device}, fp32")
+
+
+def predict(config: PredictConfig) -> Path:
+    """Score the selected candidates and write the results file; return its path."""
+    ckpt_path = resolve_checkpoint_path(config.checkpoint)
+    model_format = exported_format(ckpt_path)
+    scoring = exported_model(ckpt_path, model_format, config) if model_format else \
+        checkpoint_model(ckpt_path, config)
+    selection = select_jobs(config, scoring.train_args)
+    out = config.out or ckpt_path.parent / predictions_name(selection.split)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory; give a file name such as {out / 'predictions.csv'}")
+    crop = scoring.crop
     if config.tta_views == 8 and crop.shape_irc[1] != crop.shape_irc[2]:
         raise UsageError(f"--tta-views 8 needs square crops, the model takes {crop.shape_irc}; use 4")
-    log.info("Scoring %d candidates of %d scans (%s split, val_stride=%d, split=%s) with %s epoch %s "
-             "on %s, %s, channels_last=%s, crop edge %s, voxels %s, %d view(s), NMS radius %g mm",
+    log.info("Scoring %d candidates of %d scans (%s split, val_stride=%d, split=%s) with %s, crop edge %s, "
+             "voxels %s, %d view(s), NMS radius %g mm",
              selection.n_candidates, len(selection.jobs), selection.split, selection.val_stride,
-             selection.split_mode, ckpt_path, ckpt.get("epoch", "?"), device, perf.precision, perf.channels_last,
-             crop.edge, f"{crop.voxel_mm:g} mm" if crop.voxel_mm else "as scanned", config.tta_views, config.nms_mm)
+             selection.split_mode, scoring.described, crop.edge,
+             f"{crop.voxel_mm:g} mm" if crop.voxel_mm else "as scanned", config.tta_views, config.nms_mm)
 
     # Scan by scan, then one atomic write: an error half-way leaves no file, or the old one.
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     jobs = selection.jobs
-    scored = iter_scan_scores(model, jobs, step_cfg, config.batch_size, crop, config.tta_views, config.prefetch)
+    scored = iter_scan_scores(scoring.model, jobs, scoring.step_cfg, config.batch_size, crop, config.tta_views,
+                              config.prefetch)
     progress = (item for _, item in enumerate_with_estimate(scored, "Scoring", total=len(jobs)))
     rows = list(result_rows(progress, config.nms_mm))
     write_table(out, PREDICTION_COLUMNS, rows)

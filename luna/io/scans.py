@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 from luna.errors import DataError
 from luna.luna16.csvfiles import is_valid_series_uid
 
 log = logging.getLogger(__name__)
+
+# The folders LUNA16 ships its scans in: subset0 .. subset9.
+SUBSET_DIR = re.compile(r"subset(\d+)", re.IGNORECASE)
 
 
 def find_series_files(data_dir: Path) -> dict[str, Path]:
@@ -46,3 +50,22 @@ def _mhd_files(data_dir: Path) -> list[Path]:
 
     return sorted(Path(folder) / name for folder, _, names in os.walk(data_dir, onerror=fail)
                   for name in names if name.endswith(".mhd"))
+
+
+def series_subsets(data_dir: Path) -> dict[str, int]:
+    """Map series uid -> the number of the ``subsetK`` folder its ``.mhd`` lies in under ``data_dir``
+    (the innermost one, so an unpacked ``subset0/subset0/`` works too).
+
+    Raises:
+        DataError: as :func:`find_series_files`, or a scan that lies in no ``subsetK`` folder.
+    """
+    data_dir = Path(data_dir)
+    subsets: dict[str, int] = {}
+    for uid, path in find_series_files(data_dir).items():
+        numbers = [int(m.group(1)) for part in path.relative_to(data_dir).parts[:-1]
+                   if (m := SUBSET_DIR.fullmatch(part))]
+        if not numbers:
+            raise DataError(f"{path}: not in a subsetK folder of {data_dir}; cross-validation by subset needs "
+                            "the LUNA16 layout (subset0 .. subset9/<uid>.mhd)")
+        subsets[uid] = numbers[-1]
+    return subsets

@@ -3,14 +3,15 @@
 The rules (docs/luna16.md, "A sample"): a candidate's diameter is that of an annotation of the
 same scan whose centre is within a quarter of its diameter on every axis, else 0; candidates are
 sorted nodules first, largest first; validation holds out every n-th scan (the default) or every
-n-th candidate (the reference's split, which puts candidates of one scan on both sides).
+n-th candidate (the reference's split, which puts candidates of one scan on both sides). A
+cross-validation fold holds out the scans of its subsets (subset s in fold s mod n).
 """
 from __future__ import annotations
 
 import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Collection, NamedTuple, Sequence
+from typing import Collection, Mapping, NamedTuple, Sequence
 
 from luna.errors import DataError
 from luna.luna16.csvfiles import CANDIDATE_COLUMNS, read_annotations, read_table
@@ -113,7 +114,7 @@ def split_series(series_uids: Sequence[str], has_nodule: set[str], val_stride: i
 
 
 def split_candidates(candidates: Sequence[CandidateInfo], val_stride: int, is_val: bool,
-                     split: str = "scan") -> list[CandidateInfo]:
+                     split: str = "scan", holdout_series: Collection[str] = ()) -> list[CandidateInfo]:
     """Training or validation part of a sorted candidate list.
 
     Args:
@@ -122,7 +123,12 @@ def split_candidates(candidates: Sequence[CandidateInfo], val_stride: int, is_va
         is_val: return the validation part (True) or the training part (False).
         split: ``"scan"`` (default: no scan on both sides) or ``"candidate"`` (the reference's
             every-n-th-candidate split, which leaks scans between the two sides).
+        holdout_series: scans on neither side (a cross-validation fold's test scans): they are
+            removed before the split, so the run never trains on them nor picks a model by them.
     """
+    if holdout_series:
+        held_out = set(holdout_series)
+        candidates = [c for c in candidates if c.series_uid not in held_out]
     if val_stride <= 0:
         return list(candidates)
     if split == "candidate":
@@ -133,3 +139,39 @@ def split_candidates(candidates: Sequence[CandidateInfo], val_stride: int, is_va
     val_series = split_series([c.series_uid for c in candidates],
                               {c.series_uid for c in candidates if c.is_nodule}, val_stride)
     return [c for c in candidates if (c.series_uid in val_series) == is_val]
+
+
+# LUNA16 ships its scans in ten subsets, subset0 .. subset9, and its papers score them by
+# ten-fold cross-validation: fold k holds out subset k (docs/luna16.md).
+LUNA16_SUBSETS = 10
+
+
+def fold_of_subset(subset: int, n_folds: int) -> int:
+    """The fold that holds out ``subset``: subset s goes to fold s mod n (one subset per fold at 10)."""
+    return subset % n_folds
+
+
+def assign_folds(series_subsets: Mapping[str, int], n_folds: int) -> list[list[str]]:
+    """The scans each fold holds out, by their subsets.
+
+    Args:
+        series_subsets: series uid -> the subset number it lies in.
+        n_folds: how many folds (>= 2).
+
+    Returns:
+        ``n_folds`` sorted lists of series uids; every scan is in exactly one of them.
+
+    Raises:
+        DataError: a fold would hold out no scan (fewer subsets on disk than folds).
+    """
+    if n_folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {n_folds}")
+    folds: list[list[str]] = [[] for _ in range(n_folds)]
+    for uid, subset in sorted(series_subsets.items()):
+        folds[fold_of_subset(subset, n_folds)].append(uid)
+    empty = [k for k, uids in enumerate(folds) if not uids]
+    if empty:
+        present = sorted(set(series_subsets.values()))
+        raise DataError(f"{n_folds} folds by subset leave fold(s) {', '.join(map(str, empty))} without scans: "
+                        f"only subsets {', '.join(map(str, present))} are on disk; use fewer folds")
+    return folds

@@ -29,6 +29,17 @@ REPORT_NAME = "report.html"
 EVAL_DIR_NAME = "eval"  # where the demo puts `luna evaluate`'s output
 METRICS_NAME = "metrics.json"  # `luna evaluate`'s figures
 
+# -- a cross-validation directory (luna crossval --out-dir) -----------------------------------------
+CROSSVAL_PLAN_NAME = "crossval.json"  # the folds: the subsets and scans each one holds out
+FOLD_RESULTS_NAME = "predictions.csv"  # a fold's held-out scans, scored; it marks the fold finished
+FOLD_RUNS_NAME = "runs"  # the fold's training runs (TensorBoard prefix) under its folder
+
+
+def fold_dir_name(fold: int) -> str:
+    """A fold's folder in a cross-validation directory, e.g. ``fold0``."""
+    return f"fold{fold}"
+
+
 # -- defaults the environment can set -----------------------------------------------------------
 DATA_DIR_ENV = "LUNA_DATA_DIR"
 CACHE_DIR_ENV = "LUNA_CACHE_DIR"

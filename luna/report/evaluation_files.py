@@ -25,14 +25,15 @@ def write_figures(evaluation: Evaluation, out_dir: Path) -> list[Path]:
     return [plots.save_figure(fig, Path(out_dir) / name) for fig, name in zip(figures, FIGURE_NAMES)]
 
 
-def write_evaluation(evaluation: Evaluation, out_dir: Path, inputs: dict[str, Any]) -> tuple[Path, list[Path]]:
-    """``metrics.json`` (the inputs and every figure; nan as null) and the PNGs.
+def write_evaluation(evaluation: Evaluation, out_dir: Path, inputs: dict[str, Any],
+                     extra: dict[str, Any] | None = None) -> tuple[Path, list[Path]]:
+    """``metrics.json`` (the inputs, every figure and any ``extra`` sections; nan as null) and the PNGs.
 
     Returns:
         ``(metrics.json path, figure paths)``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = {"inputs": inputs, **evaluation.to_dict()}
+    metrics = {"inputs": inputs, **evaluation.to_dict(), **(extra or {})}
     metrics_path = write_text_atomic(out_dir / METRICS_NAME, json.dumps(metrics, indent=1, allow_nan=False) + "\n")
     return metrics_path, write_figures(evaluation, out_dir)

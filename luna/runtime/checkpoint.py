@@ -18,6 +18,8 @@ A checkpoint is one ``torch.save`` file holding a plain dict::
         "metric_value": float,            # that metric after `epoch`
         "best_metric": float,             # best value of the metric so far, this one included
         "args": dict,                     # training flags, JSON-able (see jsonable_args)
+        "data": dict,                     # scans and candidates per side: train_scans, val_candidates ...
+        "val_metrics": dict,              # the epoch's validation figures (floats), as in summary.csv
         "rng_state": dict,                # see capture_rng_state
     }
 

@@ -67,6 +67,12 @@ def _env_int(name: str, default: int) -> int:
         raise UsageError(f"environment variable {name}={text!r} is not an integer") from None
 
 
+def launched_world() -> tuple[int, int]:
+    """``(rank, world size)`` that torchrun gave this process, without joining any group; ``(0, 1)``
+    when it was started plainly."""
+    return _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+
+
 def init_distributed(device_arg: str = "auto") -> DistContext:
     """Read torchrun's environment, pick the device and join the process group if there is one.
 

@@ -31,6 +31,10 @@ class TrainConfig:
     skip_excluded: bool = True
     val_stride: int = 10
     split: str = "scan"
+    # Scans the run never trains or validates on: a cross-validation fold's test scans (set by
+    # luna crossval, recorded in the checkpoint so that `luna predict --split val` scores them).
+    # Hundreds of uids on LUNA16: kept out of the repr that the start of a run logs.
+    holdout_series: list[str] | None = field(default=None, repr=False)
     crop_mm: float = CROP_VOXEL_MM
     crop_edge: str = CROP_EDGE
     num_workers: int = 2

@@ -118,6 +118,7 @@ class ClassifierTrainer:
             # Fixed input shapes: let cuDNN time its algorithms once and keep the fastest.
             torch.backends.cudnn.benchmark = True
         self.train_ds, self.val_ds = self._datasets()
+        self.data_counts = data_counts(self.train_ds, self.val_ds)
         if ctx.is_primary:
             fill_cache(self.train_ds.cache, self.train_ds.series_paths, self.train_ds.series_centers, c.num_workers)
         barrier(ctx)
@@ -153,7 +154,11 @@ class ClassifierTrainer:
     def _datasets(self) -> tuple[LunaDataset, LunaDataset]:
         c = self.config
         common = dict(val_stride=c.val_stride, split=c.split, cache_dir=c.cache_dir, candidates_csv=c.candidates,
-                      annotations_csv=c.annotations, return_index=True, crop=c.crop(), crop_dtype=torch.int16)
+                      annotations_csv=c.annotations, return_index=True, crop=c.crop(), crop_dtype=torch.int16,
+                      holdout_series=c.holdout_series or ())
+        if c.holdout_series and self.ctx.is_primary:
+            log.info("Holding out %d scans (a cross-validation fold): neither trained nor validated on",
+                     len(c.holdout_series))
         # With --skip-excluded, negatives inside an excluded finding are left out of training:
         # scoring ignores marks on those findings, so they would only cost the model small nodules.
         keep = excluded_filter(c.excluded or find_optional_csv(c.data_dir, EXCLUDED_FILE_NAMES)) \
@@ -285,10 +290,20 @@ class ClassifierTrainer:
             optimizer_state=self.optimizer.state_dict(),
             scheduler_state=self.scheduler.state_dict() if self.scheduler else None,
             scaler_state=self.scaler.state_dict() if self.scaler else None, epoch=epoch,
-            samples_seen=self.samples_seen, args=c,
+            samples_seen=self.samples_seen, args=c, data=self.data_counts,
+            val_metrics={key: float(value) for key, value in val_metrics.items()},
             negative_loss=torch.from_numpy(miner.loss) if miner is not None else None)
         # "epoch" ranks like any metric (higher is better), so best.pt follows the latest epoch.
         self.saver.save(state, {"epoch": epoch, **val_metrics}.get(c.best_metric, math.nan))
+
+
+def data_counts(train_ds: LunaDataset, val_ds: LunaDataset) -> dict[str, int]:
+    """How many scans and candidates each side of the run had, for the checkpoint (and a model card)."""
+    counts = {}
+    for side, ds in (("train", train_ds), ("val", val_ds)):
+        counts[f"{side}_scans"] = len({c.series_uid for c in ds.candidates})
+        counts[f"{side}_candidates"] = len(ds.candidates)
+    return counts
 
 
 def _gather_unique(metrics_t: torch.Tensor, indices: torch.Tensor,

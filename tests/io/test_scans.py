@@ -1,11 +1,14 @@
-"""Finding the scans of a data dir: a folder that cannot be read is named, not skipped."""
+"""Finding the scans of a data dir (a folder that cannot be read is named, not skipped), and the
+subset each lies in."""
 import errno
 import os
 
+import numpy as np
 import pytest
 
 from luna.errors import DataError
-from luna.io.scans import find_series_files
+from luna.io.scans import find_series_files, series_subsets
+from tests.conftest import write_scan
 
 
 def test_finds_scans_at_any_depth(tiny_luna):
@@ -39,3 +42,21 @@ def test_an_unreadable_subset_for_real(tiny_luna):
             find_series_files(tiny_luna["root"])
     finally:
         blocked.chmod(0o755)
+
+
+def _scan(path):
+    return write_scan(path, np.zeros((2, 3, 4), dtype=np.int16))
+
+
+def test_subset_of_each_scan_is_its_innermost_subset_folder(tmp_path):
+    _scan(tmp_path / "subset0" / "1.2.10.mhd")
+    _scan(tmp_path / "subset7" / "subset7" / "1.2.17.mhd")  # as some unpacked downloads nest them
+    _scan(tmp_path / "Subset3" / "extra" / "1.2.13.mhd")
+    assert series_subsets(tmp_path) == {"1.2.10": 0, "1.2.17": 7, "1.2.13": 3}
+
+
+def test_a_scan_outside_the_subset_folders_is_named(tmp_path):
+    _scan(tmp_path / "subset0" / "1.2.10.mhd")
+    _scan(tmp_path / "loose" / "1.2.11.mhd")
+    with pytest.raises(DataError, match=r"loose/1\.2\.11\.mhd: not in a subsetK folder"):
+        series_subsets(tmp_path)

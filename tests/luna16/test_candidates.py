@@ -4,7 +4,7 @@ import pytest
 from luna.data.candidates import get_candidate_info_list
 from luna.errors import DataError
 from luna.io.scans import find_series_files
-from luna.luna16.candidates import CandidateInfo, match_diameter, split_candidates
+from luna.luna16.candidates import CandidateInfo, assign_folds, match_diameter, split_candidates
 from luna.luna16.csvfiles import CANDIDATE_COLUMNS
 from luna.luna16.geometry import XyzTuple
 from tests.conftest import write_csv
@@ -104,3 +104,35 @@ def test_scans_without_candidate_rows_are_counted_in_the_log(tiny_luna, caplog):
         infos = get_candidate_info_list(root, candidates_csv=csv_path)
     assert first not in {info.series_uid for info in infos}
     assert f"1 of the 4 scans on disk have no candidates in {csv_path}" in caplog.text
+
+
+def test_held_out_scans_are_on_neither_side():
+    candidates = sorted([_fake(f"1.{s}", k == 0, k) for s in range(12) for k in range(3)], reverse=True)
+    held_out = {"1.0", "1.5", "1.7"}
+    for split, stride in (("scan", 3), ("candidate", 4), ("scan", 0)):
+        train = split_candidates(candidates, stride, False, split, held_out)
+        val = split_candidates(candidates, stride, True, split, held_out)
+        seen = {c.series_uid for c in train} | ({c.series_uid for c in val} if stride else set())
+        assert not seen & held_out and seen == {c.series_uid for c in candidates} - held_out
+    # Holding scans out does not move the others: the split is that of the remaining scans.
+    rest = [c for c in candidates if c.series_uid not in held_out]
+    assert split_candidates(candidates, 3, True, "scan", held_out) == split_candidates(rest, 3, True, "scan")
+
+
+@pytest.mark.parametrize("n_folds", [2, 3, 10])
+def test_folds_partition_the_scans_by_subset(n_folds):
+    subsets = {f"1.{k}": k % 10 for k in range(47)}
+    folds = assign_folds(subsets, n_folds)
+    assert len(folds) == n_folds
+    flat = [uid for fold in folds for uid in fold]
+    assert sorted(flat) == sorted(subsets)  # each scan held out once, none twice
+    for k, fold in enumerate(folds):
+        assert fold == sorted(fold)
+        assert {subsets[uid] % n_folds for uid in fold} == {k}
+    if n_folds == 10:  # one subset per fold: fold k is subset k
+        assert all({subsets[uid] for uid in fold} == {k} for k, fold in enumerate(folds))
+
+
+def test_a_fold_without_scans_is_a_data_error():
+    with pytest.raises(DataError, match=r"fold\(s\) 2 without scans: only subsets 0, 1, 4"):
+        assign_folds({"1.1": 0, "1.2": 1, "1.3": 4}, 3)
