@@ -137,7 +137,8 @@ def add_device_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -
 def add_data_dir_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, required_help: str = "") -> None:
     """``--data-dir``, defaulting to ``$LUNA_DATA_DIR`` (else data/luna16)."""
     parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
-                        help=required_help or f"LUNA16 root holding subset*/ and the CSVs (${DATA_DIR_ENV})")
+                        help=required_help or "LUNA16 root holding subset*/ and the CSVs; scans may be .mhd, "
+                                              f".nii(.gz), .nrrd, .mha or DICOM series folders (${DATA_DIR_ENV})")
 
 
 def add_cache_dir_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, extra: str = "") -> None:

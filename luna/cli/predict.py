@@ -23,8 +23,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "final weights unless told otherwise by --best-metric), or a model luna export wrote "
                              "(.onnx, needs onnxruntime; or TorchScript) with its card beside it; required")
     parser.add_argument("--data-dir", type=Path, default=None,
-                        help="LUNA16-layout root holding subset*/ and the CSVs (default: the training "
-                             "run's --data-dir, else $LUNA_DATA_DIR or data/luna16)")
+                        help="LUNA16-layout root holding subset*/ and the CSVs; scans may be .mhd, .nii(.gz), "
+                             ".nrrd, .mha or DICOM series folders (default: the training run's --data-dir, "
+                             "else $LUNA_DATA_DIR or data/luna16)")
     parser.add_argument("--candidates", type=Path, default=None,
                         help="candidates CSV (default: candidates.csv or candidates_V2.csv in the data dir)")
     parser.add_argument("--annotations", type=Path, default=None,

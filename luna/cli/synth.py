@@ -4,6 +4,7 @@ The data let every other command run end to end without the 120 GB download::
 
     luna synth --out data/synth                 # 32 small scans, seed 0
     luna synth --out data/bench --size full --series 4
+    luna synth --out data/dicom --size tiny --format dicom   # the same scans as DICOM series
 
 Same seed, same bytes. The output appears all at once: it is written next to ``--out`` and
 renamed into place, so a failed run leaves nothing half-written.
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from luna.cli.common import add_common_args, new_parser, non_negative_int, positive_int, run_app
+from luna.io.writers import SCAN_FORMATS
 from luna.synth import SIZES, check_out_dir, make_dataset
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         default=None, help="range of nodules in a scan (default: 4 8; 1 3 for tiny)")
     parser.add_argument("--negatives-per-positive", type=non_negative_int, default=None,
                         help="negative candidates drawn per positive (default: 150; 12 for tiny)")
+    parser.add_argument("--format", dest="scan_format", choices=SCAN_FORMATS, default="mhd",
+                        help="how scans are stored: mhd (subset*/<uid>.mhd + .raw, like LUNA16), nifti "
+                             "(<uid>.nii.gz) or dicom (a folder <uid>/ of one CT file per slice, HU through "
+                             "RescaleIntercept -1024); same voxels, geometry and CSVs in each")
     parser.add_argument("--workers", type=positive_int, default=1,
                         help="processes generating scans in parallel (the files do not depend on it)")
     parser.add_argument("--force", action="store_true", default=False,
@@ -56,7 +62,7 @@ class LunaSynthApp:
         summary = make_dataset(args.out, n_series=args.series, seed=args.seed, size=args.size,
                                nodules_per_scan=args.nodules_per_scan,
                                negatives_per_positive=args.negatives_per_positive,
-                               overwrite=args.force, workers=args.workers)
+                               overwrite=args.force, workers=args.workers, scan_format=args.scan_format)
         log.info("Wrote %s: %d series, %d nodules (+%d excluded findings), %d positive and %d negative "
                  "candidates (%.1f negatives per positive), %.1f MB in %.1f s",
                  summary.out_dir, len(summary.series_uids), summary.n_annotations, summary.n_excluded,

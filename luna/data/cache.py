@@ -1,6 +1,6 @@
 """The crop cache: every candidate crop of a scan, as int16, in one memory-mappable file.
 
-Layout (all under ``cache_dir/<crop key>/``, e.g. ``v1-32x48x48-hu-1000_1000/``)::
+Layout (all under ``cache_dir/<crop key>/``, e.g. ``v3-32x48x48-hu-1000_1000-pad/``)::
 
     <series_uid>.<centres hash>.npy    int16 array (K, I, R, C): one row per candidate
     <series_uid>.<centres hash>.json   what the crops were made from (the commit marker)
@@ -33,6 +33,7 @@ from luna.atomic import atomic_open
 from luna.data.crops import Cropper, CropConfig
 from luna.errors import DataError, is_disk_full
 from luna.io.ct import Ct
+from luna.io.scans import scan_files
 from luna.luna16.csvfiles import check_series_uid
 from luna.progress import enumerate_with_estimate
 
@@ -58,10 +59,11 @@ def centers_digest(centers_xyz: Sequence[Sequence[float]]) -> str:
     return hashlib.sha1(data.tobytes()).hexdigest()[:16]
 
 
-def source_stamp(mhd_path: Path) -> dict:
-    """Size and mtime of a scan's header and data file: a changed scan must be re-cached."""
+def source_stamp(scan_path: Path) -> dict:
+    """Size and mtime of each file a scan is read from (a header and its data file, a NIfTI
+    file, every DICOM file of a series folder): a changed scan must be re-cached."""
     stamp = {}
-    for path in (Path(mhd_path), Path(mhd_path).with_suffix(".raw")):
+    for path in scan_files(scan_path):
         if path.exists():
             st = path.stat()
             stamp[path.name] = [st.st_size, st.st_mtime_ns]
@@ -90,7 +92,7 @@ class CropCache:
         stem = f"{series_uid}.{digest}"
         return self.root / f"{stem}.npy", self.root / f"{stem}.json"
 
-    def is_valid(self, series_uid: str, mhd_path: Path, centers_xyz: Sequence[Sequence[float]]) -> bool:
+    def is_valid(self, series_uid: str, scan_path: Path, centers_xyz: Sequence[Sequence[float]]) -> bool:
         """True when a complete entry for exactly these centres and this scan file exists."""
         digest = centers_digest(centers_xyz)
         npy_path, json_path = self.entry_paths(series_uid, digest)
@@ -100,14 +102,14 @@ class CropCache:
             return False
         return (meta.get("crop") == self.crop.as_dict() | {"shape_irc": list(self.crop.shape_irc)}
                 and meta.get("count") == len(centers_xyz)
-                and meta.get("source") == source_stamp(mhd_path)
+                and meta.get("source") == source_stamp(scan_path)
                 and npy_path.is_file()
                 and npy_path.stat().st_size == meta.get("npy_bytes"))
 
-    def build(self, series_uid: str, mhd_path: Path, centers_xyz: Sequence[Sequence[float]],
+    def build(self, series_uid: str, scan_path: Path, centers_xyz: Sequence[Sequence[float]],
               ct: Ct | None = None) -> np.ndarray:
         """Read the scan once, crop every centre, write the entry atomically; return the crops."""
-        ct = ct or Ct(mhd_path, series_uid)
+        ct = ct or Ct(scan_path, series_uid)
         cropper = Cropper(ct, self.crop)
         crops = np.empty((len(centers_xyz), *self.crop.shape_irc), dtype=np.int16)
         centers_irc = []
@@ -130,7 +132,7 @@ class CropCache:
                             f"of crops; free some space or point --cache-dir at another disk") from None
         meta = {"series_uid": series_uid, "count": len(centers_xyz),
                 "crop": self.crop.as_dict() | {"shape_irc": list(self.crop.shape_irc)},
-                "source": source_stamp(mhd_path), "npy_bytes": npy_path.stat().st_size,
+                "source": source_stamp(scan_path), "npy_bytes": npy_path.stat().st_size,
                 "origin_xyz": list(ct.origin_xyz), "spacing_xyz": list(ct.spacing_xyz),
                 "direction": ct.direction.ravel().tolist(), "centers_irc": centers_irc}
         with atomic_open(json_path, durable=True) as handle:
@@ -138,14 +140,14 @@ class CropCache:
         self._open.pop(f"{series_uid}.{digest}", None)
         return crops
 
-    def ensure(self, series_uid: str, mhd_path: Path, centers_xyz: Sequence[Sequence[float]]) -> bool:
+    def ensure(self, series_uid: str, scan_path: Path, centers_xyz: Sequence[Sequence[float]]) -> bool:
         """Build the entry unless a valid one exists. Returns True when it had to build."""
-        if self.is_valid(series_uid, mhd_path, centers_xyz):
+        if self.is_valid(series_uid, scan_path, centers_xyz):
             return False
-        self.build(series_uid, mhd_path, centers_xyz)
+        self.build(series_uid, scan_path, centers_xyz)
         return True
 
-    def open_entry(self, series_uid: str, mhd_path: Path, centers_xyz: Sequence[Sequence[float]],
+    def open_entry(self, series_uid: str, scan_path: Path, centers_xyz: Sequence[Sequence[float]],
                    digest: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """A scan's crops as a memory map (validated, built first if needed) and their centre
         voxels (K, 3); kept open per process. Pass ``digest`` (:func:`centers_digest` of the
@@ -156,7 +158,7 @@ class CropCache:
         if entry is not None:
             self._open.move_to_end(key)
             return entry
-        self.ensure(series_uid, mhd_path, centers_xyz)
+        self.ensure(series_uid, scan_path, centers_xyz)
         npy_path, json_path = self.entry_paths(series_uid, digest)
         centers_irc = np.asarray(json.loads(json_path.read_text())["centers_irc"], dtype=np.int64)
         try:
@@ -172,8 +174,8 @@ class CropCache:
 
 
 def _build_job(job: tuple) -> int:
-    cache, series_uid, mhd_path, centers_xyz = job
-    cache.build(series_uid, mhd_path, centers_xyz)
+    cache, series_uid, scan_path, centers_xyz = job
+    cache.build(series_uid, scan_path, centers_xyz)
     return len(centers_xyz)
 
 
@@ -183,7 +185,7 @@ def fill_cache(cache: CropCache, series_paths: dict[str, Path],
 
     Args:
         cache: the cache to fill.
-        series_paths: series uid -> ``.mhd`` path.
+        series_paths: series uid -> scan path (file or DICOM folder).
         centers_by_series: series uid -> its candidate centres, in entry row order.
         num_workers: processes; 0 builds in this process. Each worker holds one scan at a time
             (the scan as read, its clipped int16 copy and that scan's crops), so memory is

@@ -17,7 +17,8 @@ from luna.luna16.geometry import IrcTuple
 from luna.luna16.sample import CROP_SHAPE_IRC, HU_MAX, HU_MIN
 
 # Bump when the bytes a crop holds would change for the same inputs (cropping rule, dtype...).
-CACHE_FORMAT_VERSION = 2
+# 3: scans are read in LPS order (luna.io.ct), which mirrors the crops of scans stored otherwise.
+CACHE_FORMAT_VERSION = 3
 
 # What a crop does where it would leave the volume. "pad": stay centred on the candidate and fill
 # the outside with air, so a sample always shows its own candidate at the centre. "shift": the

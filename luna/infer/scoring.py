@@ -31,12 +31,12 @@ class ScanJob:
 
     Args:
         series_uid: the scan's uid.
-        mhd_path: its ``.mhd`` header.
+        scan_path: its file or DICOM folder (see :class:`~luna.io.ct.Ct`).
         centers_xyz: candidate centres in world millimetres, in output order.
     """
 
     series_uid: str
-    mhd_path: Path
+    scan_path: Path
     centers_xyz: Sequence[Sequence[float]]
 
 
@@ -91,7 +91,7 @@ def score_scan(model: nn.Module, ct: Ct, centers_xyz: Sequence[Sequence[float]],
 
 
 def _read_ct(job: ScanJob) -> Ct:
-    return Ct(job.mhd_path, job.series_uid)
+    return Ct(job.scan_path, job.series_uid)
 
 
 def iter_scan_scores(model: nn.Module, jobs: Sequence[ScanJob], step_cfg: StepConfig, batch_size: int = 64,

@@ -2,6 +2,15 @@
 
 A :class:`Ct` is what every later step starts from: ``hu_a`` (int16, indexed I, R, C) and the
 origin, spacing and direction that map voxels to world millimetres (docs/luna16.md, "Geometry").
+It reads every format :mod:`luna.io.scans` finds: ``.mhd``, ``.mha``, ``.nii``, ``.nii.gz``,
+``.nrrd`` and DICOM series folders.
+
+Whatever order a file stores its voxels in, the array comes out in one orientation, LUNA16's
+own (LPS): columns run toward the patient's left, rows toward the back, slices toward the head,
+so the direction matrix is the identity up to a small rotation. The same scan stored in
+another axis order (a DICOM series is always stacked along its slice normal, a NIfTI file is
+often stored bottom-up) then gives the same array, the same crops and the same scores; the
+model always sees the head-foot axis as the crop's first one.
 """
 from __future__ import annotations
 
@@ -13,34 +22,71 @@ import numpy as np
 import SimpleITK as sitk
 
 from luna.errors import DataError
+from luna.io.dicom import read_series
 from luna.io.metaimage import read_mhd_header
+from luna.io.scans import SCAN_KINDS, scan_suffix, scan_uid
 from luna.luna16.geometry import IrcTuple, XyzTuple, irc2xyz, xyz2irc, xyz2irc_float
 from luna.luna16.sample import HU_MAX, HU_MIN
 
 log = logging.getLogger(__name__)
 
+ORIENTATION = "LPS"
 
-class Ct:
-    """A scan in memory: HU clipped to [HU_MIN, HU_MAX] as int16, indexed (I, R, C).
+
+def read_image(path: Path, series_uid: str | None = None) -> tuple[sitk.Image, str]:
+    """Read a scan file or a DICOM series folder as a 3-D image in HU, and name it.
 
     Args:
-        mhd_path: the scan's ``.mhd`` header (its ``.raw`` beside it).
-        series_uid: defaults to the file stem.
+        path: a scan file or a DICOM series folder.
+        series_uid: for a DICOM folder, the series to read (default: its only one); for a file,
+            the name to give the scan (default: the file name without its extension).
+
+    Returns:
+        ``(image, series_uid)`` as stored in the file, not yet reoriented.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return read_series(path, series_uid)
+    suffix = scan_suffix(path)
+    if suffix is None and path.exists():
+        raise DataError(f"{path}: not a scan luna reads (expected {SCAN_KINDS})")
+    if suffix == ".mhd":
+        read_mhd_header(path)
+    elif not path.exists():
+        raise DataError(f"scan {path} does not exist")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), "unreadable")
+        raise DataError(f"{path}: SimpleITK cannot read it: {first.strip()[:200]}") from None
+    return image, series_uid or scan_uid(path)
+
+
+class Ct:
+    """A scan in memory: HU clipped to [HU_MIN, HU_MAX] as int16, indexed (I, R, C), in LPS order.
+
+    Args:
+        path: a scan file (``.mhd`` with its ``.raw`` beside it, ``.mha``, ``.nii``, ``.nii.gz``,
+            ``.nrrd``) or a folder holding a DICOM series.
+        series_uid: for a DICOM folder, which series to read (needed when it holds several);
+            for a file, the scan's name (default: the file name without its extension).
+
+    Raises:
+        DataError: one line naming the path for anything that is not a readable 3-D CT.
     """
 
-    def __init__(self, mhd_path: Path, series_uid: str | None = None):
-        self.path = Path(mhd_path)
-        self.series_uid = series_uid or self.path.stem
-        read_mhd_header(self.path)
-        try:
-            image = sitk.ReadImage(str(self.path))
-        except RuntimeError as exc:
-            first = next((line for line in str(exc).splitlines() if line.strip()), "unreadable")
-            raise DataError(f"{self.path}: SimpleITK cannot read it: {first.strip()[:200]}") from None
+    def __init__(self, path: Path, series_uid: str | None = None):
+        self.path = Path(path)
+        image, self.series_uid = read_image(self.path, series_uid)
         if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-            raise DataError(f"{self.path}: expected a 3-D single-channel image")
-        # Clip once, straight into int16: [-1000, 1000] fits, and it halves memory vs float32.
+            raise DataError(f"{self.path}: a {image.GetDimension()}-D image of {image.GetNumberOfComponentsPerPixel()} "
+                            "value(s) per voxel; a CT scan is 3-D with one")
+        if sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection()) != ORIENTATION:
+            image = sitk.DICOMOrient(image, ORIENTATION)
         voxels = sitk.GetArrayViewFromImage(image)
+        if np.issubdtype(voxels.dtype, np.floating):
+            voxels = np.rint(voxels)  # a non-integer rescale slope: round, do not truncate
+        # Clip once, straight into int16: [-1000, 1000] fits, and it halves memory vs float32.
         self.hu_a = np.clip(voxels, HU_MIN, HU_MAX).astype(np.int16, copy=False)
         self.origin_xyz = XyzTuple(*image.GetOrigin())
         self.spacing_xyz = XyzTuple(*image.GetSpacing())

@@ -31,7 +31,9 @@ Sizes (``SIZES``):
 Written layout: ``subset0..subset9/<uid>.mhd`` + ``.raw`` (int16 HU, series spread round-robin
 over the subsets), ``annotations.csv``, ``candidates.csv`` and ``annotations_excluded.csv``
 with the LUNA16 headers, rows shuffled, coordinates in world millimetres. The same seed gives
-byte-identical files; scan ``i`` depends only on ``(seed, i)``.
+byte-identical files; scan ``i`` depends only on ``(seed, i)``. ``scan_format`` "nifti" writes
+``<uid>.nii.gz`` instead, "dicom" a folder ``<uid>/`` of one CT file per slice (HU through the
+rescale tags); the voxels, geometry and CSVs are the same in each.
 
 Internally everything is built in a canonical array (index = feet->head, row =
 anterior->posterior, column = right->left) with positions in "local" millimetres
@@ -57,6 +59,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from luna.errors import UsageError
+from luna.io.writers import SCAN_FORMATS, scan_name, write_image
 from luna.luna16.csvfiles import ANNOTATION_COLUMNS, CANDIDATE_COLUMNS, write_table
 from luna.luna16.geometry import XyzTuple, irc2xyz
 from luna.synth.anatomy import SizeSpec, _Chest
@@ -128,7 +131,7 @@ class SynthSummary:
     annotations_csv: Path
     candidates_csv: Path
     excluded_csv: Path
-    mhd_paths: list[Path] = field(default_factory=list)
+    scan_paths: list[Path] = field(default_factory=list)
 
     @property
     def negatives_per_positive(self) -> float:
@@ -228,17 +231,21 @@ def generate_scan(seed: int = 0, index: int = 0, size: str = "tiny",
         + [Candidate(to_world(p), 0, k) for p, k in negatives])
 
 
-def write_scan(scan: SynthScan, mhd_path: Path) -> int:
-    """Write ``scan`` as ``<uid>.mhd`` + ``<uid>.raw`` (uncompressed); returns bytes written."""
+def write_scan(scan: SynthScan, path: Path, scan_format: str = "mhd") -> int:
+    """Write ``scan`` with its geometry as ``path``; returns bytes written.
+
+    Args:
+        scan: the scan.
+        path: ``<uid>.mhd`` (+ ``.raw``, uncompressed), ``<uid>.nii.gz``, or for "dicom" the series
+            folder (one file per slice; see :func:`luna.io.writers.write_dicom_series`).
+            :func:`luna.io.writers.scan_name` gives the name for each format.
+        scan_format: "mhd", "nifti" or "dicom" (``SCAN_FORMATS``).
+    """
     image = sitk.GetImageFromArray(scan.hu)
     image.SetOrigin(scan.origin_xyz)
     image.SetSpacing(scan.spacing_xyz)
     image.SetDirection(scan.direction)
-    sitk.WriteImage(image, str(mhd_path), useCompression=False)
-    raw_path = mhd_path.with_suffix(".raw")
-    if not raw_path.is_file():
-        raise OSError(f"SimpleITK wrote {mhd_path} without the expected {raw_path.name}")
-    return mhd_path.stat().st_size + raw_path.stat().st_size
+    return sum(p.stat().st_size for p in write_image(image, Path(path), scan_format, scan.uid))
 
 
 # --------------------------------------------------------------------------- the data set
@@ -249,13 +256,13 @@ def _fmt(value: float) -> str:
 
 def _build_one(job: tuple) -> tuple[str, list[Finding], list[Finding], list[Candidate], Path, int]:
     """Generate and write one scan (a top-level function so worker processes can run it)."""
-    root, seed, index, size, nodules, ratio = job
+    root, seed, index, size, nodules, ratio, scan_format = job
     scan = generate_scan(seed, index, size, nodules, ratio)
-    mhd = Path(root) / f"subset{index % N_SUBSETS}" / f"{scan.uid}.mhd"
-    n_bytes = write_scan(scan, mhd)
+    path = Path(root) / f"subset{index % N_SUBSETS}" / scan_name(scan.uid, scan_format)
+    n_bytes = write_scan(scan, path, scan_format)
     log.debug("scan %d %s: %s voxels, %d nodules, %d candidates", index, scan.uid,
               "x".join(map(str, scan.hu.shape)), len(scan.nodules), len(scan.candidates))
-    return scan.uid, scan.nodules, scan.excluded, scan.candidates, mhd.relative_to(root), n_bytes
+    return scan.uid, scan.nodules, scan.excluded, scan.candidates, path.relative_to(root), n_bytes
 
 
 def _write_csv(path: Path, header: tuple[str, ...], rows: list[list[str]], rng: np.random.Generator) -> int:
@@ -278,7 +285,7 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
 def make_dataset(out_dir: Path, n_series: int = 32, seed: int = 0, size: str = "small",
                  nodules_per_scan: tuple[int, int] | None = None,
                  negatives_per_positive: int | None = None,
-                 overwrite: bool = False, workers: int = 1) -> SynthSummary:
+                 overwrite: bool = False, workers: int = 1, scan_format: str = "mhd") -> SynthSummary:
     """Write a synthetic data set in the LUNA16 layout, all at once or not at all.
 
     Files are written into a temporary directory next to ``out_dir`` which is renamed into
@@ -293,12 +300,16 @@ def make_dataset(out_dir: Path, n_series: int = 32, seed: int = 0, size: str = "
         negatives_per_positive: default 150, or 12 for "tiny".
         overwrite: replace an existing data set at ``out_dir``.
         workers: processes generating scans in parallel (the output does not depend on it).
+        scan_format: "mhd" (LUNA16's), "nifti" (``<uid>.nii.gz``) or "dicom" (a folder
+            ``<uid>/`` of one file per slice); same voxels, geometry and CSVs in each.
 
     Returns:
         A :class:`SynthSummary` of what was written (paths point into ``out_dir``).
     """
     started = time.perf_counter()
     _, nodules, ratio = _resolve(size, nodules_per_scan, negatives_per_positive)
+    if scan_format not in SCAN_FORMATS:
+        raise UsageError(f"unknown scan format {scan_format!r}; choose one of {', '.join(SCAN_FORMATS)}")
     if n_series < 1:
         raise UsageError(f"n_series must be >= 1, got {n_series}")
     out_dir = Path(out_dir).absolute()
@@ -311,7 +322,7 @@ def make_dataset(out_dir: Path, n_series: int = 32, seed: int = 0, size: str = "
         os.chmod(tmp, 0o777 & ~_umask())
         for k in range(N_SUBSETS):
             (tmp / f"subset{k}").mkdir()
-        jobs = [(str(tmp), seed, i, size, nodules, ratio) for i in range(n_series)]
+        jobs = [(str(tmp), seed, i, size, nodules, ratio, scan_format) for i in range(n_series)]
         if workers > 1 and n_series > 1:
             with ProcessPoolExecutor(max_workers=min(workers, n_series)) as pool:
                 results = list(pool.map(_build_one, jobs))
@@ -341,7 +352,7 @@ def make_dataset(out_dir: Path, n_series: int = 32, seed: int = 0, size: str = "
         n_positive=n_pos, n_negative=len(cand_rows) - n_pos, bytes_written=n_bytes,
         seconds=time.perf_counter() - started, annotations_csv=out_dir / "annotations.csv",
         candidates_csv=out_dir / "candidates.csv", excluded_csv=out_dir / "annotations_excluded.csv",
-        mhd_paths=[out_dir / r[4] for r in results])
+        scan_paths=[out_dir / r[4] for r in results])
 
 
 def _umask() -> int:

@@ -67,3 +67,15 @@ def test_inverted_nodule_range_is_a_usage_error(tmp_path, capsys):
     assert run_app(LunaSynthApp, argv) == 2
     assert "nodules per scan" in capsys.readouterr().err
     assert not Path(tmp_path / "d").exists()
+
+
+def test_format_flag_writes_each_layout_with_the_same_csvs(tmp_path):
+    outs = {fmt: tmp_path / fmt for fmt in ("mhd", "nifti", "dicom")}
+    for fmt, out in outs.items():
+        assert run_app(LunaSynthApp, ["--out", str(out), "--size", "tiny", "--series", "2", "--format", fmt]) == 0
+    for name in ("candidates.csv", "annotations.csv", "annotations_excluded.csv"):
+        assert len({(out / name).read_bytes() for out in outs.values()}) == 1
+    assert len(list(outs["nifti"].glob("subset*/*.nii.gz"))) == 2 and not list(outs["nifti"].rglob("*.mhd"))
+    folders = [p for p in outs["dicom"].glob("subset*/*") if p.is_dir()]
+    assert len(folders) == 2 and all(len(list(p.glob("*.dcm"))) >= 30 for p in folders)
+    assert "--format" in get_args_parser().format_help() and "(default: mhd)" in get_args_parser().format_help()

@@ -3,15 +3,17 @@ import os
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from luna.data.crops import crop_candidate
 
 import luna.data.crops
-from luna.data.cache import CropCache, centers_digest
+from luna.data.cache import CropCache, centers_digest, source_stamp
 from luna.data.candidates import get_candidate_info_list
 from luna.io.scans import find_series_files
 from luna.data.crops import CropConfig
 from luna.io.ct import Ct
+from luna.io.writers import write_image
 
 
 @pytest.fixture
@@ -106,3 +108,16 @@ def test_marker_is_json_and_nothing_is_pickled(tmp_path, scan_and_centers):
     meta = json.loads(json_path.read_text())
     assert meta["count"] == len(centers) and meta["series_uid"] == uid
     assert np.load(npy_path, allow_pickle=False).dtype == np.int16
+
+
+def test_source_stamp_covers_every_file_of_a_scan(tmp_path):
+    image = sitk.GetImageFromArray(np.zeros((3, 4, 5), np.int16))
+    write_image(image, tmp_path / "a.nii.gz", "nifti", "a")
+    write_image(image, tmp_path / "b.mhd", "mhd", "b")
+    slices = write_image(image, tmp_path / "series", "dicom", "1.2.3")
+    assert list(source_stamp(tmp_path / "a.nii.gz")) == ["a.nii.gz"]
+    assert list(source_stamp(tmp_path / "b.mhd")) == ["b.mhd", "b.raw"]
+    stamp = source_stamp(tmp_path / "series")
+    assert sorted(stamp) == [p.name for p in slices]
+    os.utime(slices[1], ns=(slices[1].stat().st_atime_ns, slices[1].stat().st_mtime_ns + 10**9))
+    assert source_stamp(tmp_path / "series") != stamp

@@ -4,13 +4,14 @@ import pytest
 
 from luna.data.crops import crop_bounds, crop_candidate, crop_volume, resample_isotropic
 from luna.io.ct import Ct
+from luna.luna16.geometry import irc2xyz
 from tests.conftest import write_scan
 
 
 def test_crop_is_centred_inside_and_shifted_at_borders_by_the_reference_rule(scan):
     path, volume = scan
     ct = Ct(path)
-    clipped = np.clip(volume, -1000, 1000)
+    clipped = np.clip(volume[:, ::-1], -1000, 1000)  # the file's rows run y-flipped; Ct reads LPS
     center_xyz = ct.irc2xyz((10, 15, 20))
     for edge in ("pad", "shift"):
         chunk, center_irc = crop_candidate(ct, center_xyz, (8, 10, 12), edge)
@@ -24,7 +25,7 @@ def test_crop_is_centred_inside_and_shifted_at_borders_by_the_reference_rule(sca
 def test_padded_crop_keeps_the_candidate_at_its_centre(scan):
     path, volume = scan
     ct = Ct(path)
-    clipped = np.clip(volume, -1000, 1000)
+    clipped = np.clip(volume[:, ::-1], -1000, 1000)  # the file's rows run y-flipped; Ct reads LPS
     chunk, _ = crop_candidate(ct, ct.irc2xyz((0, 29, 39)), (8, 10, 12))  # "pad" is the default
     assert chunk.shape == (8, 10, 12)
     # Voxel (0, 29, 39) sits at the crop's centre index (4, 5, 6); the rest of the volume
@@ -56,7 +57,8 @@ def test_isotropic_crop_shows_a_ball_round_whatever_the_slice_thickness(tmp_path
     volume = np.where(dist_mm <= 5.0, 40, -900).astype(np.int16)
     path = write_scan(tmp_path / "ball.mhd", volume, tuple(origin_xyz), tuple(spacing_xyz), (-1, 0, 0, 0, 1, 0, 0, 0, 1))
     ct = Ct(path)
-    center_xyz = ct.irc2xyz(center_irc)  # irc2xyz rounds nothing: a float voxel gives its world point
+    # The ball's world centre, from the geometry as written (irc2xyz rounds nothing).
+    center_xyz = irc2xyz(center_irc, origin_xyz, spacing_xyz, (-1, 0, 0, 0, 1, 0, 0, 0, 1))
     native, _ = crop_candidate(ct, center_xyz, (16, 24, 24))
     crop, center_voxel = crop_candidate(ct, center_xyz, (16, 24, 24), voxel_mm=1.0)
     assert crop.shape == (16, 24, 24) and crop.dtype == np.int16

@@ -50,7 +50,7 @@ def reference_scores(model: torch.nn.Module, ct: Ct, centers_xyz) -> np.ndarray:
 def test_score_scan_matches_single_crops_for_any_batch_size(data):
     model = make_spread_model(crop_shape_irc=CROP_IRC)
     job = scan_jobs(data)[0]
-    ct = Ct(job.mhd_path)
+    ct = Ct(job.scan_path)
     expected = reference_scores(model, ct, job.centers_xyz)
     # Saturated probabilities would make the comparison prove nothing.
     assert ((0.01 < expected) & (expected < 0.99)).all() and expected.std() > 0.01, expected
@@ -63,7 +63,7 @@ def test_score_scan_matches_single_crops_for_any_batch_size(data):
 def test_score_scan_puts_the_model_in_eval_mode(data):
     model = make_spread_model(crop_shape_irc=CROP_IRC)
     job = scan_jobs(data)[0]
-    ct = Ct(job.mhd_path)
+    ct = Ct(job.scan_path)
     expected = reference_scores(model, ct, job.centers_xyz)
     model.train()  # batch statistics would make scores depend on the batch
     got = score_scan(model, ct, job.centers_xyz, CPU_FP32, batch_size=4, crop=CROP)
@@ -74,7 +74,7 @@ def test_score_scan_puts_the_model_in_eval_mode(data):
 def test_score_scan_channels_last_and_empty(data):
     model = make_spread_model(crop_shape_irc=CROP_IRC)
     job = scan_jobs(data)[1]
-    ct = Ct(job.mhd_path)
+    ct = Ct(job.scan_path)
     plain = score_scan(model, ct, job.centers_xyz, CPU_FP32, crop=CROP)
     model_cl = make_spread_model(crop_shape_irc=CROP_IRC).to(memory_format=torch.channels_last_3d)
     cl_cfg = StepConfig(torch.device("cpu"), "fp32", channels_last=True)
@@ -84,7 +84,7 @@ def test_score_scan_channels_last_and_empty(data):
 
 def test_score_scan_rejects_a_centre_outside_the_scan(data):
     job = scan_jobs(data)[0]
-    ct = Ct(job.mhd_path)
+    ct = Ct(job.scan_path)
     with pytest.raises(DataError, match="outside the scan"):
         score_scan(make_spread_model(crop_shape_irc=CROP_IRC), ct, [job.centers_xyz[0], (1e4, 1e4, 1e4)], CPU_FP32,
                    crop=CROP)
@@ -97,7 +97,7 @@ def test_iter_scan_scores_in_job_order(data, prefetch):
     results = list(iter_scan_scores(model, jobs, CPU_FP32, batch_size=5, crop=CROP, prefetch=prefetch))
     assert [job.series_uid for job, _ in results] == [job.series_uid for job in jobs]
     for job, probabilities in results:
-        expected = score_scan(model, Ct(job.mhd_path), job.centers_xyz, CPU_FP32, crop=CROP)
+        expected = score_scan(model, Ct(job.scan_path), job.centers_xyz, CPU_FP32, crop=CROP)
         np.testing.assert_allclose(probabilities, expected, atol=1e-6)
     assert list(iter_scan_scores(model, [], CPU_FP32, prefetch=prefetch)) == []
 
@@ -106,7 +106,7 @@ def test_iter_scan_scores_in_job_order(data, prefetch):
 def test_unreadable_scan_raises_on_its_turn(tmp_path, prefetch):
     data = make_tiny_luna(tmp_path / "luna", n_series=2, negatives_per_scan=1)
     jobs = scan_jobs(data)
-    jobs[1].mhd_path.with_suffix(".raw").unlink()
+    jobs[1].scan_path.with_suffix(".raw").unlink()
     scored = iter_scan_scores(make_spread_model(crop_shape_irc=CROP_IRC), jobs, CPU_FP32, crop=CROP,
                               prefetch=prefetch)
     first_job, first = next(scored)  # the good scan comes out although the next read failed

@@ -1,21 +1,48 @@
-"""Tests for luna.io: reading a MetaImage scan, its geometry and the header checks."""
+"""Tests for luna.io.ct: reading a scan in LPS order, its geometry, and the MetaImage header checks."""
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from luna.errors import DataError
 from luna.io.ct import Ct
 from luna.io.metaimage import read_mhd_header
+from luna.io.writers import SCAN_FORMATS
+from luna.luna16.geometry import irc2xyz
+from luna.synth.phantom import generate_scan, make_dataset
 from tests.conftest import write_scan
 
 
-def test_ct_clips_and_keeps_geometry(scan):
+def test_ct_clips_and_reads_in_lps_order(scan):
     path, volume = scan
     ct = Ct(path)
     assert ct.series_uid == "1.2.3" and ct.hu_a.dtype == np.int16 and ct.hu_a.shape == (20, 30, 40)
-    np.testing.assert_array_equal(ct.hu_a, np.clip(volume, -1000, 1000))
-    assert ct.origin_xyz == (-10.0, -20.0, -30.0)
+    # Stored with rows running toward the front (y flipped): read with rows toward the back.
+    np.testing.assert_array_equal(ct.hu_a, np.clip(volume[:, ::-1, :], -1000, 1000))
+    np.testing.assert_allclose(ct.origin_xyz, (-10.0, -20.0 - 29 * 0.8, -30.0))
     np.testing.assert_allclose(ct.spacing_xyz, (0.7, 0.8, 2.0))
-    np.testing.assert_array_equal(ct.direction, np.diag([1.0, -1.0, 1.0]))
+    np.testing.assert_array_equal(ct.direction, np.eye(3))
+    # The same world point holds the same voxel as in the file.
+    assert ct.xyz2irc(irc2xyz((3, 4, 5), (-10.0, -20.0, -30.0), (0.7, 0.8, 2.0), np.diag([1, -1, 1]))) == (3, 25, 5)
+
+
+def test_float_values_are_rounded_not_truncated(tmp_path):
+    image = sitk.GetImageFromArray(np.full((2, 3, 4), 99.6, dtype=np.float32))
+    sitk.WriteImage(image, str(tmp_path / "f.nrrd"))
+    assert (Ct(tmp_path / "f.nrrd").hu_a == 100).all()
+
+
+def test_not_a_scan(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match=r"notes.txt: not a scan luna reads \(expected .mhd"):
+        Ct(tmp_path / "notes.txt")
+    with pytest.raises(DataError, match="scan .*absent.nii.gz does not exist"):
+        Ct(tmp_path / "absent.nii.gz")
+    (tmp_path / "garbage.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(DataError, match="garbage.nii.gz: SimpleITK cannot read it"):
+        Ct(tmp_path / "garbage.nii.gz")
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 4), np.int16)), str(tmp_path / "flat.nrrd"))
+    with pytest.raises(DataError, match="flat.nrrd: a 2-D image"):
+        Ct(tmp_path / "flat.nrrd")
 
 
 def test_centre_outside_the_scan_is_an_error(scan):
@@ -59,3 +86,39 @@ def test_binary_garbage_header(tmp_path):
     path.write_bytes(bytes(range(256)))
     with pytest.raises(DataError, match="not a MetaImage text header"):
         Ct(path)
+
+
+@pytest.fixture(scope="module")
+def phantom_formats(tmp_path_factory) -> dict:
+    """Two tiny phantom scans in each format; with seed 7 the second stores every axis reversed."""
+    root = tmp_path_factory.mktemp("formats")
+    return {fmt: make_dataset(root / fmt, n_series=2, seed=7, size="tiny", scan_format=fmt) for fmt in SCAN_FORMATS}
+
+
+def assert_voxels_at_their_world_place(ct: Ct, scan) -> None:
+    """Every voxel of the generated scan is found, with its HU, where its world position says."""
+    irc = np.indices(scan.hu.shape).reshape(3, -1).T
+    direction = np.asarray(scan.direction).reshape(3, 3)
+    xyz = np.asarray(scan.origin_xyz) + (irc[:, ::-1] * scan.spacing_xyz) @ direction.T
+    cri = np.linalg.solve(ct.direction, (xyz - ct.origin_xyz).T).T / ct.spacing_xyz
+    ct_irc = np.rint(cri[:, ::-1]).astype(int)
+    np.testing.assert_allclose(cri[:, ::-1], ct_irc, atol=1e-3)
+    np.testing.assert_array_equal(ct.hu_a[tuple(ct_irc.T)], np.clip(scan.hu, -1000, 1000).reshape(-1))
+
+
+def test_the_same_phantom_reads_the_same_in_every_format(phantom_formats):
+    assert len({tuple(s.series_uids) for s in phantom_formats.values()}) == 1
+    for index, uid in enumerate(phantom_formats["mhd"].series_uids):
+        scan = generate_scan(7, index, "tiny")
+        assert index == 0 or np.linalg.det(np.reshape(scan.direction, (3, 3))) < 0
+        cts = {fmt: Ct(summary.scan_paths[index]) for fmt, summary in phantom_formats.items()}
+        reference = cts["mhd"]
+        for fmt, ct in cts.items():
+            assert ct.series_uid == uid, fmt
+            np.testing.assert_array_equal(ct.hu_a, reference.hu_a, err_msg=fmt)
+            np.testing.assert_allclose(ct.origin_xyz, reference.origin_xyz, atol=1e-3, err_msg=fmt)
+            np.testing.assert_allclose(ct.spacing_xyz, reference.spacing_xyz, atol=1e-5, err_msg=fmt)
+            np.testing.assert_allclose(ct.direction, reference.direction, atol=1e-6, err_msg=fmt)
+            assert_voxels_at_their_world_place(ct, scan)
+            for nodule in scan.nodules:   # the CSVs' world coordinates land on the nodule
+                assert ct.hu_a[ct.xyz2irc(nodule.center_xyz)] > -800, (fmt, nodule)

@@ -1,13 +1,21 @@
-"""Finding the scans of a data dir (a folder that cannot be read is named, not skipped), and the
-subset each lies in."""
+"""Tests for luna.io.scans: finding scans of every format in a data dir (an unreadable folder is
+named, not skipped), their uids, their files and the subset each lies in."""
+from __future__ import annotations
+
 import errno
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from luna.errors import DataError
-from luna.io.scans import find_series_files, series_subsets
+from luna.io.dicom import dicom_files
+from luna.io.scans import find_series_files, scan_files, scan_suffix, scan_uid
+from luna.io.writers import write_image
+from luna.io.scans import series_subsets
 from tests.conftest import write_scan
 
 
@@ -60,3 +68,76 @@ def test_a_scan_outside_the_subset_folders_is_named(tmp_path):
     _scan(tmp_path / "loose" / "1.2.11.mhd")
     with pytest.raises(DataError, match=r"loose/1\.2\.11\.mhd: not in a subsetK folder"):
         series_subsets(tmp_path)
+
+
+MHD, NII, NIIGZ, NRRD, MHA = "1.2.1", "case-02", "1.2.3", "scan_4", "1.2.5"
+DICOM_A, DICOM_B = "1.2.840.6", "1.2.840.7"
+
+
+def small_image() -> sitk.Image:
+    image = sitk.GetImageFromArray(np.zeros((3, 4, 5), np.int16))
+    image.SetSpacing((0.8, 0.8, 2.0))
+    return image
+
+
+@pytest.fixture
+def mixed(tmp_path) -> Path:
+    """A data dir holding one scan of each kind, and a folder of two DICOM series."""
+    root = tmp_path / "data"
+    (root / "subset0").mkdir(parents=True)
+    image = small_image()
+    for name in (f"{MHD}.mhd", f"{NII}.nii", f"{NIIGZ}.nii.gz", f"{NRRD}.nrrd", f"{MHA}.mha"):
+        sitk.WriteImage(image, str(root / "subset0" / name))
+    series = root / "subset1" / "patient7" / "study"
+    write_image(image, series, "dicom", DICOM_A)
+    for path in write_image(image, root / "other", "dicom", DICOM_B):
+        shutil.move(path, series / f"b-{path.name}")
+    (root / "other").rmdir()
+    (root / "candidates.csv").write_text("seriesuid,coordX,coordY,coordZ,class\n")
+    return root
+
+
+def test_every_format_and_every_series_is_found(mixed):
+    found = find_series_files(mixed)
+    series = mixed / "subset1" / "patient7" / "study"
+    assert found == {MHD: mixed / "subset0" / f"{MHD}.mhd", NII: mixed / "subset0" / f"{NII}.nii",
+                     NIIGZ: mixed / "subset0" / f"{NIIGZ}.nii.gz", NRRD: mixed / "subset0" / f"{NRRD}.nrrd",
+                     MHA: mixed / "subset0" / f"{MHA}.mha", DICOM_A: series, DICOM_B: series}
+
+
+def test_a_new_series_in_a_known_folder_is_seen(mixed):
+    series = mixed / "subset1" / "patient7" / "study"
+    assert DICOM_A in find_series_files(mixed)
+    for path in series.glob("[0-9]*.dcm"):
+        path.unlink()
+    found = find_series_files(mixed)
+    assert DICOM_A not in found and DICOM_B in found
+
+
+@pytest.mark.parametrize("name, suffix, uid", [
+    ("1.2.3.mhd", ".mhd", "1.2.3"), ("a.b.nii.gz", ".nii.gz", "a.b"), ("X.NII.GZ", ".nii.gz", "X"),
+    ("x.nii", ".nii", "x"), ("x.nrrd", ".nrrd", "x"), ("x.raw", None, "x.raw"), (".nii.gz", None, ".nii.gz"),
+])
+def test_uid_is_the_name_without_its_extension(name, suffix, uid):
+    assert scan_suffix(Path(name)) == suffix
+    assert scan_uid(Path("/d") / name) == uid
+
+
+def test_scan_files(mixed):
+    subset = mixed / "subset0"
+    assert scan_files(subset / f"{MHD}.mhd") == [subset / f"{MHD}.mhd", subset / f"{MHD}.raw"]
+    assert scan_files(subset / f"{NIIGZ}.nii.gz") == [subset / f"{NIIGZ}.nii.gz"]
+    series = mixed / "subset1" / "patient7" / "study"
+    assert scan_files(series) == dicom_files(series) and len(scan_files(series)) == 6
+
+
+def test_missing_empty_and_bad_names(tmp_path, caplog):
+    with pytest.raises(DataError, match="does not exist"):
+        find_series_files(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"no scans found under data dir .*empty.*DICOM series folders"):
+        find_series_files(tmp_path / "empty")
+    sitk.WriteImage(small_image(), str(tmp_path / "empty" / "bad name.nii.gz"))
+    sitk.WriteImage(small_image(), str(tmp_path / "empty" / "ok.nii.gz"))
+    assert list(find_series_files(tmp_path / "empty")) == ["ok"]
+    assert "not a plain uid" in caplog.text

@@ -39,7 +39,7 @@ def tiny(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("phantom") / "luna"
     summary = make_dataset(root, n_series=5, seed=3, size="tiny")
     images = {}
-    for mhd in summary.mhd_paths:
+    for mhd in summary.scan_paths:
         image = sitk.ReadImage(str(mhd))
         images[mhd.stem] = (sitk.GetArrayFromImage(image), image.GetOrigin(), image.GetSpacing(),
                             image.GetDirection())
@@ -85,7 +85,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tiny, tmp_path):
 def test_scan_depends_only_on_seed_and_index_also_with_workers(tiny, tmp_path):
     two = make_dataset(tmp_path / "two", n_series=2, seed=3, size="tiny", workers=2)
     assert two.series_uids == tiny["summary"].series_uids[:2]
-    for mhd in two.mhd_paths:
+    for mhd in two.scan_paths:
         original = tiny["root"] / mhd.relative_to(two.out_dir)
         assert mhd.with_suffix(".raw").read_bytes() == original.with_suffix(".raw").read_bytes()
 
@@ -197,7 +197,7 @@ def test_existing_non_empty_output_is_refused_and_kept(tmp_path):
 def test_overwrite_replaces_a_previous_data_set(tmp_path):
     first = make_dataset(tmp_path / "data", n_series=2, seed=1, size="tiny")
     second = make_dataset(tmp_path / "data", n_series=1, seed=2, size="tiny", overwrite=True)
-    assert not first.mhd_paths[0].exists() and second.mhd_paths[0].exists()
+    assert not first.scan_paths[0].exists() and second.scan_paths[0].exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
