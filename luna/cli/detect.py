@@ -49,7 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=f"also a PNG of each finding scored above {PICTURE_THRESHOLD:g}: axial, coronal and "
                              "sagittal slices through it, the finding circled")
     parser.add_argument("--max-candidates", type=positive_int, default=MAX_CANDIDATES,
-                        help="candidates per scan the classifier scores, the most confidently segmented first")
+                        help="findings per scan at most: when grouping gives more candidates, the classifier at "
+                             "one view picks which to keep")
     parser.add_argument("--threshold", type=fraction, default=THRESHOLD,
                         help="segmentation probability above which a voxel is marked")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="classifier crops per forward pass")

@@ -17,6 +17,7 @@ from luna.cli.common import (add_cache_dir_arg, add_common_args, add_data_dir_ar
 from luna.data.masks import MASK_RULES
 from luna.luna16.paths import DEFAULT_RUNS_DIR, DEFAULT_SEG_TB_PREFIX
 from luna.train.seg_config import SegTrainConfig, resumed_config
+from luna.train.seg_engine import SEG_LOSSES
 from luna.train.seg_trainer import SegTrainer, saved_run_args
 
 DEFAULTS = SegTrainConfig()
@@ -60,6 +61,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("optimiser, sampling and augmentation")
     model.add_argument("--lr", type=positive_float, default=DEFAULTS.lr,
                        help="peak learning rate of Adam (cosine decay to 0 over the run)")
+    model.add_argument("--loss", choices=SEG_LOSSES, default=DEFAULTS.loss,
+                       help="dice: the reference's Dice of the output + 8 x Dice on the true mask; bce_dice: that plus "
+                            "a per-voxel cross-entropy with nodule voxels weighed 8 x (trains out of marking "
+                            "everything much sooner)")
     model.add_argument("--random-crops", type=fraction, default=DEFAULTS.random_crops, metavar="FRACTION",
                        help="share of training crops taken at random in the lungs rather than around a nodule; "
                             "0 = the reference (only slices that hold a nodule)")

@@ -9,9 +9,10 @@ What an epoch draws (:meth:`SegTrainDataset.set_epoch`), as the reference does: 
 at a random place inside a 96 x 96 window centred on a nodule, on a slice that holds the nodule.
 Each draw picks a nodule first and then one of its slices, so a 4 mm nodule on two slices is
 seen as often as a 25 mm one on twelve (the small ones are the ones a detector misses).
-``random_share`` of the crops lie at a random place in the lungs instead (voxels between -950
-and -600 HU): without them the model never sees a slice without a nodule and marks vessels and
-airway walls freely. Each crop is flipped and turned at random and gets Gaussian noise.
+``random_share`` of the crops lie at a random place in the lungs instead: half of them on lung
+parenchyma (-950 to -600 HU), half on dense voxels inside the lungs, away from any nodule
+(vessels, airway walls, the pleura): without them the model never sees a slice without a nodule
+and marks every vessel it cuts across. Each crop is flipped and turned at random and gets Gaussian noise.
 
 Everything random is drawn in :meth:`set_epoch` from ``(seed, epoch)``, so a sample depends only
 on its index: the same in any worker process, and the same after a resumed run.
@@ -24,14 +25,18 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch.utils.data import Dataset
 
 from luna.data.crops import crop_volume
 from luna.data.seg_cache import SegCache, SegEntry
 from luna.luna16.sample import HU_MIN
 
-# Voxels that count as lung for the random crops: parenchyma, not air outside the body.
+# Voxels that count as lung for the random crops: parenchyma, not air outside the body; and
+# dense voxels (above DENSE_HU) in the lungs, at least NODULE_CLEARANCE_MM clear of a nodule.
 LUNG_HU = (-950, -600)
+DENSE_HU = -500
+NODULE_CLEARANCE_MM = 5.0
 # Random crops are centred on lattice points of this many slices / pixels.
 _LATTICE_STEP = (2, 4, 4)
 
@@ -52,7 +57,7 @@ class SegSampling:
     context: int = 3
     crop_px: int = 64
     window_px: int = 96
-    random_share: float = 0.25
+    random_share: float = 0.5
     noise_hu: float = 25.0
     flips: bool = True
 
@@ -126,11 +131,23 @@ class SegTrainDataset(Dataset):
 
     @staticmethod
     def _lung_lattice(entry: SegEntry) -> np.ndarray:
-        """(K, 3) lattice voxels of the scan whose HU lies in ``LUNG_HU``."""
+        """(K, 3) lattice voxels of the lungs: parenchyma (HU in ``LUNG_HU``), and, as many again,
+        dense voxels with mostly lung around them (vessels, airway walls, the pleura), the things a
+        model must learn not to mark, away from every nodule."""
         step_i, step_r, step_c = _LATTICE_STEP
-        lattice = np.asarray(entry.volume.hu_a[::step_i, ::step_r, ::step_c])
-        points = np.argwhere((lattice > LUNG_HU[0]) & (lattice < LUNG_HU[1]))
-        return points * np.array(_LATTICE_STEP)
+        slices = np.asarray(entry.volume.hu_a[::step_i], dtype=np.float32)
+        around = ndimage.uniform_filter(slices, size=(1, 9, 9))[:, ::step_r, ::step_c]
+        lattice = slices[:, ::step_r, ::step_c]
+        parenchyma = np.argwhere((lattice > LUNG_HU[0]) & (lattice < LUNG_HU[1])) * np.array(_LATTICE_STEP)
+        dense = np.argwhere((lattice > DENSE_HU) & (around < LUNG_HU[1])) * np.array(_LATTICE_STEP)
+        if len(dense) and len(entry.nodules_irc):
+            spacing = entry.volume.spacing_irc
+            distance = np.linalg.norm((dense[:, None, :] - entry.nodules_irc[None]) * spacing, axis=2)
+            dense = dense[(distance > entry.diameters_mm[None] / 2 + NODULE_CLEARANCE_MM).all(axis=1)]
+        if len(dense) and len(parenchyma):
+            rng = np.random.default_rng(len(parenchyma))
+            dense = dense[rng.integers(0, len(dense), len(parenchyma))]
+        return np.concatenate([parenchyma, dense])
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the epoch's crops: which scan, slice and place, which flip, which noise seed."""

@@ -6,8 +6,8 @@ map are the memory held):
 1. read it (:func:`read_scan`, the one place a scan file is opened);
 2. resample it to the segmentation model's grid and segment the lung region
    (:mod:`luna.infer.segmentation`);
-3. group the marked voxels into candidates (:mod:`luna.infer.grouping`), at most
-   ``max_candidates`` of them, the most confidently marked first;
+3. group the marked voxels into candidates (:mod:`luna.infer.grouping`); when there are more
+   than ``max_candidates``, keep those the classifier scores highest at a single view;
 4. score each candidate with the classifier and its test-time views
    (:func:`luna.infer.scoring.score_scan`), then lower near neighbours of a better one
    (:mod:`luna.eval.suppression`), exactly as ``luna predict`` does with given candidates;
@@ -53,8 +53,7 @@ from luna.runtime.distributed import (DistContext, barrier, cleanup_distributed,
 log = logging.getLogger(__name__)
 
 SPLIT_CHOICES = ("val", "train", "all")
-# Candidates per scan the classifier scores: more than LUNA16's nodules per scan by far, few
-# enough to score in seconds (docs/results.md, "Detection").
+# Findings per scan at most: many more than the nodules a scan has (LUNA16 scores the top 100).
 MAX_CANDIDATES = 50
 # Pictures are drawn for findings the classifier calls nodules.
 PICTURE_THRESHOLD = 0.5
@@ -193,10 +192,13 @@ def detect_scan(models: Models, series_uid: str, path: Path, config: DetectConfi
     seconds["segment"] = time.perf_counter() - started - sum(seconds.values())
     candidates = group_candidates(probability, volume, config.threshold)
     del probability, volume
-    # The most confidently marked first, the largest among equals: what the cap keeps.
-    candidates = sorted(candidates, key=lambda c: (-c.max_probability, -c.volume_mm3))[:config.max_candidates]
     seconds["group"] = time.perf_counter() - started - sum(seconds.values())
     centers_xyz = np.array([c.center_xyz for c in candidates], dtype=np.float64).reshape(-1, 3)
+    if len(candidates) > config.max_candidates:
+        # More candidates than the cap: the classifier, at one view, picks the ones to keep.
+        screen = score_scan(models.classifier, ct, centers_xyz, models.step_cfg, config.batch_size, models.crop, 1)
+        keep = np.sort(np.argsort(-screen, kind="stable")[:config.max_candidates])
+        candidates, centers_xyz = [candidates[k] for k in keep], centers_xyz[keep]
     scores = score_scan(models.classifier, ct, centers_xyz, models.step_cfg, config.batch_size, models.crop,
                         config.tta_views) if len(candidates) else np.zeros(0, dtype=np.float32)
     suppressed = suppress_neighbours(centers_xyz, scores, config.nms_mm)

@@ -126,3 +126,4 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
             return None
         bounds.append(slice(max(int(hit[0]) - 1, 0), min(int(hit[-1]) + 2, mask.shape[axis])))
     return tuple(bounds)
+

@@ -173,6 +173,27 @@ def _final_section(evaluation: Evaluation) -> str:
             + f'<div class="figures">{"".join(figures)}</div>')
 
 
+def _detection_section(detection: Evaluation, classification: Evaluation | None) -> str:
+    """The detection track (``luna detect``'s findings on the held-out scans) beside the classification
+    track (the given candidates), both by the LUNA16 rules."""
+    tracks = [("detection (luna detect)", detection.froc)]
+    if classification is not None:
+        tracks.append(("classification (given candidates)", classification.froc))
+    rows = [["CPM"] + [_fmt(froc.cpm) + (f" [{froc.ci.cpm[0]:.3f}, {froc.ci.cpm[1]:.3f}]" if froc.ci else "")
+                       for _, froc in tracks]]
+    for rate in detection.froc.sensitivity_at:
+        rows.append([f"sensitivity at {rate:g} FP/scan"] + [_fmt(froc.sensitivity_at.get(rate)) for _, froc in tracks])
+    rows.append(["nodules hit in the top 100 per scan"] + [f"{froc.n_found} of {froc.n_nodules}" for _, froc in tracks])
+    rows.append(["candidates per scan"] + [f"{froc.n_candidates / max(froc.n_scans, 1):.1f}" for _, froc in tracks])
+    froc = detection.froc
+    counts = (f"{froc.n_scans:,} scans, {froc.n_nodules:,} nodules, {froc.n_candidates:,} findings "
+              f"({detection.matches.n_excluded:,} on excluded findings); intervals: 95% bootstrap over scans.")
+    return ("<h2>Detection track (LUNA16 rules)</h2>"
+            f"<p>{html.escape(counts)}</p>"
+            + _table([""] + [name for name, _ in tracks], rows, text_columns=1)
+            + f'<div class="figures">{_img(plots.froc_figure(froc), "FROC of the detection track")}</div>')
+
+
 def _summary_section(run: RunRecord) -> str:
     if not run.rows:
         return ""
@@ -199,13 +220,15 @@ def _args_section(run: RunRecord) -> str:
     return f'<h2>Training arguments</h2><div class="args">{"".join(tables)}</div>'
 
 
-def render_report(run: RunRecord, evaluation: Evaluation | None, threshold: float = 0.5) -> str:
+def render_report(run: RunRecord, evaluation: Evaluation | None, threshold: float = 0.5,
+                  detection: Evaluation | None = None) -> str:
     """The whole HTML page of a run.
 
     Args:
         run: from :func:`read_run` (its notes are shown at the top).
         evaluation: the scored validation predictions, or None.
         threshold: the probability above which a candidate is called a nodule.
+        detection: the scored findings of ``luna detect`` on the held-out scans, or None.
 
     Returns:
         One HTML document; every piece of text in it is escaped.
@@ -221,6 +244,7 @@ def render_report(run: RunRecord, evaluation: Evaluation | None, threshold: floa
         f'<p class="sub">{html.escape(str(run.run_dir))} · report written {generated}</p>',
         notes, _headline(run, evaluation, threshold), _curves_section(run),
         _final_section(evaluation) if evaluation is not None else "",
+        _detection_section(detection, evaluation) if detection is not None else "",
         _summary_section(run), _args_section(run), "</body></html>",
     ]
     return "\n".join(part for part in parts if part) + "\n"

@@ -16,6 +16,7 @@ from luna.data.seg_dataset import SegSampling
 from luna.data.seg_grid import GRID_PIXEL_MM, GRID_SLICE_MM, SegGrid
 from luna.errors import UsageError
 from luna.luna16.paths import DEFAULT_RUNS_DIR, DEFAULT_SEG_TB_PREFIX, default_cache_dir, default_data_dir
+from luna.train.seg_engine import SEG_LOSSES
 
 _PATH_FIELDS = ("data_dir", "cache_dir", "annotations", "runs_dir", "resume")
 # What a resumed run may change: how and where it runs, and how long. Everything else (the
@@ -39,7 +40,7 @@ class SegTrainConfig:
     batch_size: int = 16
     # run
     epochs: int = 4
-    epoch_size: int = 4000
+    epoch_size: int = 3000
     tb_prefix: str = DEFAULT_SEG_TB_PREFIX
     runs_dir: Path = Path(DEFAULT_RUNS_DIR)
     resume: Path | None = None
@@ -47,7 +48,8 @@ class SegTrainConfig:
     device: str = "auto"
     comment: str = "seg"
     # model, optimiser, sampling
-    lr: float = 1e-3
+    lr: float = 2e-3
+    loss: str = "bce_dice"
     random_crops: float = SegSampling.random_share
     augment: bool = True
     augment_noise: float = SegSampling.noise_hu
@@ -56,6 +58,8 @@ class SegTrainConfig:
     channels_last: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.loss not in SEG_LOSSES:
+            raise UsageError(f"--loss must be one of {', '.join(SEG_LOSSES)}, got {self.loss!r}")
         if self.mask not in MASK_RULES:
             raise UsageError(f"--mask must be one of {', '.join(MASK_RULES)}, got {self.mask!r}")
         try:

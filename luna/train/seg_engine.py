@@ -1,14 +1,20 @@
 """One epoch of segmentation training and one validation over held-out scans.
 
-Loss (the reference's): the Dice loss of the whole output plus 8 times the Dice loss of the
+Loss: the reference's is the Dice loss of the whole output plus 8 times the Dice loss of the
 output restricted to the true mask. The second term only counts the nodule voxels, so missing
 part of a nodule costs eight times what marking a voxel too many does: a detector that misses a
-nodule loses it for good, while a false mark is the classifier's to reject.
+nodule loses it for good, while a false mark is the classifier's to reject. Alone, it trains
+slowly out of marking everything: once a crop is mostly marked, the Dice of the whole output
+barely changes with any one false voxel, and in the main job's budget the model still marked
+every vessel, over a thousand blobs per scan (docs/experiments.md). The default, ``bce_dice``,
+is the Dice of the whole output plus a per-voxel binary cross-entropy, in which every false
+voxel pays for itself and nodule voxels weigh 4 times as much (missing stays the dearer
+mistake).
 
 Training records the loss and the per-voxel true/false positive and false negative counts at
 0.5; validation segments each held-out scan the way ``luna detect`` does (the lung region,
 whole slices) and records the same counts plus what detection needs: how many nodules the
-grouped candidates hit, and how many candidates a scan gives.
+grouped candidates hit, and how many candidates a scan gives (before the classifier).
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from luna.data.seg_cache import SegEntry
@@ -32,6 +39,9 @@ log = logging.getLogger(__name__)
 
 # How much more a missed nodule voxel costs than a false one (the reference's 8).
 FALSE_NEGATIVE_WEIGHT = 8.0
+# How much more a nodule voxel weighs than another in the cross-entropy of ``bce_dice``.
+BCE_NODULE_WEIGHT = 4.0
+SEG_LOSSES = ("bce_dice", "dice")
 # Training totals: loss sum, samples, true positives, false positives, false negatives.
 TRAIN_TOTALS = 5
 # Validation totals: the voxel counts, then nodules, nodules hit by a candidate, candidates, scans.
@@ -46,9 +56,18 @@ def dice_loss(prediction: torch.Tensor, label: torch.Tensor, epsilon: float = 1.
     return 1 - (2 * overlap + epsilon) / (prediction.sum(dim=dims) + label.sum(dim=dims) + epsilon)
 
 
-def segmentation_loss(prediction: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Per-sample loss: Dice of the whole output + FALSE_NEGATIVE_WEIGHT x Dice of the output on the mask."""
-    return dice_loss(prediction, label) + FALSE_NEGATIVE_WEIGHT * dice_loss(prediction * label, label)
+def segmentation_loss(prediction: torch.Tensor, label: torch.Tensor, loss: str = "bce_dice") -> torch.Tensor:
+    """Per-sample loss (see the module docstring): ``"dice"``, the reference's Dice of the whole output
+    + FALSE_NEGATIVE_WEIGHT x Dice of the output on the mask; ``"bce_dice"``, the Dice of the whole
+    output + a per-voxel binary cross-entropy whose nodule voxels weigh BCE_NODULE_WEIGHT times as
+    much."""
+    if loss not in SEG_LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(SEG_LOSSES)}, got {loss!r}")
+    if loss == "dice":
+        return dice_loss(prediction, label) + FALSE_NEGATIVE_WEIGHT * dice_loss(prediction * label, label)
+    weight = 1 + (BCE_NODULE_WEIGHT - 1) * label
+    voxels = F.binary_cross_entropy(prediction, label, weight=weight, reduction="none")
+    return dice_loss(prediction, label) + voxels.mean(dim=tuple(range(1, voxels.dim())))
 
 
 def _counts(prediction: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -57,7 +76,7 @@ def _counts(prediction: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 
 
 def train_seg_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler, cfg: StepConfig,
-                    epoch: int) -> torch.Tensor:
+                    epoch: int, loss_name: str = "bce_dice") -> torch.Tensor:
     """Train one epoch; return this process's totals, float64 (TRAIN_TOTALS,) on the CPU.
 
     Raises:
@@ -71,7 +90,7 @@ def train_seg_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         x, mask = cfg.to_device(x), mask.to(cfg.device, non_blocking=True)
         with cfg.autocast():
             prediction = model(x)
-        loss = segmentation_loss(prediction.float(), mask)
+        loss = segmentation_loss(prediction.float(), mask, loss_name)
         mean_loss = loss.mean()
         if not torch.isfinite(mean_loss):
             raise TrainingDiverged(f"loss became {mean_loss.item()} at epoch {epoch}, batch {batch_ndx + 1} "

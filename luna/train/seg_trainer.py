@@ -159,7 +159,7 @@ class SegTrainer:
                      len(self.loader), c.batch_size, ctx.world_size, len(self.val_scans))
         start = time.monotonic()
         trn_totals = all_reduce_sum(train_seg_epoch(self.train_model, self.loader, self.optimizer, self.scheduler,
-                                                    self.step_cfg, epoch), ctx)
+                                                    self.step_cfg, epoch, c.loss), ctx)
         self.samples_seen += int(trn_totals[1])
         train_seconds = time.monotonic() - start
         # Each process validates its share of the held-out scans; the counts are summed.
