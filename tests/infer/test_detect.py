@@ -17,7 +17,8 @@ from luna.luna16.csvfiles import read_predictions
 from luna.models.registry import build_model
 from luna.runtime.checkpoint import make_checkpoint, save_checkpoint
 from luna.synth import make_dataset
-from tests.conftest import make_spread_model
+from luna.luna16.geometry import irc2xyz
+from tests.conftest import make_spread_model, write_csv, write_scan
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +110,98 @@ def test_two_torchrun_processes_write_the_single_process_file(data, runs, tmp_pa
     assert (tmp_path / "ddp.csv").read_text() == (tmp_path / "single.csv").read_text()
     assert len(read_predictions(tmp_path / "ddp.csv").series_uids) > 0
     assert len(list((tmp_path / "ddp_findings").glob("*.json"))) == 3
+
+
+def dense_tissue_segmenter() -> torch.nn.Module:
+    """A U-Net wired by hand to mark the voxels of the middle slice denser than -350 HU: a
+    segmenter whose output is known, so that the rest of the pipeline can be checked on real
+    phantom nodules without minutes of training."""
+    model = build_model({"name": "unet2d", "context": 3, "depth": 2, "channels": 2}).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.zero_()
+                module.running_var.fill_(1.0)
+                module.weight.fill_(1.0)
+        model.input_batchnorm.running_mean.fill_(-400.0)  # HU + 400 from here on; ReLUs keep > -400
+        down0, down1, up0 = model.down[0], model.down[1], model.up[0]
+        down0[0].weight[0, 3, 1, 1] = 1.0  # the middle slice's own voxel, carried on channel 0
+        for conv in (down0[3], down1[0], down1[3], up0[3]):
+            conv.weight[0, 0, 1, 1] = 1.0
+        up0[0].weight[0, 2, 1, 1] = 1.0  # the skip connection's channel 0 (the coarse path is off)
+        model.head.weight[0, 0] = 0.05
+        model.head.bias.fill_(-2.5)  # sigmoid(0.05 (HU + 400) - 2.5) > 0.5 above -350 HU
+    return model
+
+
+def write_chests(root: Path, n_scans: int = 3) -> dict[str, np.ndarray]:
+    """Small chests drawn by hand: a body, two lungs, nodules of 5-12 mm and a vessel in each lung,
+    under a different direction matrix each; the LUNA16 files beside them. Returns the nodules."""
+    rng = np.random.default_rng(7)
+    directions = [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1), (1, 0, 0, 0, 1, 0, 0, 0, -1)]
+    shape, spacing_xyz = (36, 96, 112), (2.5, 2.5, 3.0)
+    i, r, c = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    mm = [i * spacing_xyz[2], r * spacing_xyz[1], c * spacing_xyz[0]]
+    nodules, candidates, annotations = {}, [], []
+    for s in range(n_scans):
+        uid = f"1.2.826.0.1.{s + 1}"
+        hu = np.full(shape, -1000, dtype=np.int16)
+        hu[((r - 48) / 40.0) ** 2 + ((c - 56) / 50.0) ** 2 <= 1] = 40  # the body
+        for side in (-1, 1):  # the lungs
+            hu[(i > 2) & (i < 33) & (((r - 48) / 28.0) ** 2 + ((c - 56 - side * 24) / 18.0) ** 2 <= 1)] = -850
+            hu[(np.hypot(mm[1] - 155, mm[2] - (140 + side * 60)) < 1.5) & (i > 4) & (i < 30)] = 40  # a vessel
+        origin = tuple(float(v) for v in rng.uniform(-150, -50, 3))
+        direction = directions[s % 3]
+        rows = []
+        for side, diameter in ((-1, 5.0 + 3 * s), (1, 12.0 - 2 * s)):
+            center_irc = (18 + 4 * side, 40 + 5 * s, 56 + side * 26)
+            ball = sum((m - ci * sp) ** 2 for m, ci, sp in zip(mm, center_irc, spacing_xyz[::-1])) <= (diameter / 2) ** 2
+            hu[ball] = 40
+            xyz = irc2xyz(center_irc, origin, spacing_xyz, direction)
+            rows.append([*xyz, diameter])
+            candidates.append([uid, *xyz, 1])
+        for _ in range(8):  # negatives in the lungs for the classifier to learn from
+            irc = (int(rng.integers(6, 30)), int(rng.integers(30, 66)), int(rng.choice([36, 78])))
+            candidates.append([uid, *irc2xyz(irc, origin, spacing_xyz, direction), 0])
+        write_scan(root / "subset0" / f"{uid}.mhd", hu, origin, spacing_xyz, direction)
+        nodules[uid] = np.array(rows)
+        annotations += [[uid, *row] for row in rows]
+    write_csv(root / "candidates.csv", ["seriesuid", "coordX", "coordY", "coordZ", "class"], candidates)
+    write_csv(root / "annotations.csv", ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"], annotations)
+    return nodules
+
+
+def test_end_to_end_every_nodule_gets_a_finding_at_its_place(tmp_path):
+    # The segmenter is wired by hand (minutes of training would not fit a test): what is checked is
+    # the rest of the pipeline on scans of every orientation, from files to a scored results file.
+    from luna.cli.evaluate import LunaEvaluateApp
+    from luna.cli.train import LunaTrainingApp
+    from luna.luna16.rules import hits
+    from tests.conftest import train_argv
+
+    data = tmp_path / "chests"
+    nodules = write_chests(data)
+    cls_run = LunaTrainingApp(train_argv(data, tmp_path, "--epochs", "1", "--epoch-size", "16")).main()
+    segmenter = dense_tissue_segmenter()
+    seg_run = tmp_path / "seg"
+    seg_run.mkdir()
+    save_checkpoint(seg_run / "best.pt", make_checkpoint(
+        model_name="unet2d", model_config=segmenter.config, model_state=segmenter.state_dict(), epoch=1,
+        samples_seen=1, args={"pixel_mm": 0.0, "slice_mm": 0.0}))
+    out = tmp_path / "detections.csv"
+    LunaDetectApp(["--segmentation", str(seg_run), "--classifier", str(cls_run), "--data-dir", str(data),
+                   "--split", "all", "--out", str(out), "--tta-views", "1", "--precision", "fp32"]).main()
+    predictions = read_predictions(out)
+    for uid, rows in nodules.items():
+        found = predictions.centers_xyz[predictions.series_uids == uid]
+        assert hits(found, rows).any(axis=0).all(), f"a nodule of {uid} has no finding within its radius"
+        report = json.loads((tmp_path / "detections_findings" / f"{uid}.json").read_text())
+        for x, y, z, diameter in rows:  # the nodule's own finding is sized as drawn
+            nearest = min(report["findings"], key=lambda f: np.linalg.norm(np.subtract(f["center_xyz"], (x, y, z))))
+            assert abs(nearest["diameter_mm"] - diameter) < 0.35 * diameter
+    LunaEvaluateApp(["--predictions", str(out), "--annotations", str(data / "annotations.csv"),
+                     "--out-dir", str(tmp_path / "eval")]).main()
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["froc"]["n_found"] == sum(len(rows) for rows in nodules.values())
