@@ -258,3 +258,24 @@ def test_errors_by_kind_script_reads_a_results_file(tiny, tmp_path):
     for bad in (tmp_path / "missing.csv", tiny["root"] / "annotations.csv"):
         done = subprocess.run([sys.executable, str(script), str(bad)], capture_output=True, text=True, timeout=120)
         assert done.returncode == 1 and done.stderr.count("\n") == 1 and str(bad) in done.stderr
+
+
+def test_errors_by_kind_lists_the_nodules_detection_missed(tiny, tmp_path):
+    # Findings of `luna detect` match no generated candidate: with --detections, a nodule is found
+    # when a finding lies inside its radius. Here every nodule but the first has one.
+    with open(tiny["root"] / "annotations.csv", newline="") as handle:
+        nodules = list(csv.DictReader(handle))
+    preds = tmp_path / "findings.csv"
+    with open(preds, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["seriesuid", "coordX", "coordY", "coordZ", "probability"])
+        for n, row in enumerate(nodules):
+            x, y, z = (float(row[k]) + (0.0 if n else 50.0) for k in ("coordX", "coordY", "coordZ"))
+            writer.writerow([row["seriesuid"], x, y, z, 0.9])
+    script = Path(__file__).resolve().parents[2] / "tools" / "errors_by_kind.py"
+    done = subprocess.run([sys.executable, str(script), str(preds), "--series", "5", "--seed", "3", "--size", "tiny",
+                           "--detections"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(nodules) - 1} inside a nodule" in done.stdout
+    (missed,) = [line for line in done.stdout.splitlines() if " mm  p " in line]
+    assert "p nan" in missed and nodules[0]["seriesuid"] in missed
