@@ -36,7 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 from bench_report import Report, load_average  # noqa: E402
 from luna.train.augment import AugmentConfig, augment_batch, build_theta, draw_params, sampling_grid  # noqa: E402
 from luna.runtime.device import StepConfig  # noqa: E402
-from luna.models.classifier import build_model, count_parameters  # noqa: E402
+from luna.models.registry import build_model, count_parameters  # noqa: E402
 from luna.runtime.device import prepare_model  # noqa: E402
 
 BATCH_SIZE = 32

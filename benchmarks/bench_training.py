@@ -190,7 +190,7 @@ def child_baseline(config: dict) -> None:
     from luna.runtime.distributed import seed_everything
     from luna.runtime.device import StepConfig
     from luna.train.engine import epoch_metrics, evaluate, train_one_epoch
-    from luna.models.classifier import build_model
+    from luna.models.registry import build_model
     from luna.runtime.device import prepare_model
 
     data_dir, stride = Path(config["data_dir"]), config["val_stride"]

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The main job, end to end on built-in synthetic LUNA16-format data (about 20 minutes on 2 CPU
-# cores): set up .venv, synthesise scans, fill the crop cache, train with the default recipe,
-# score the held-out scans, evaluate them by the LUNA16 rules and write an HTML report.
+# The main job, end to end on built-in synthetic LUNA16-format data, on 2 CPU cores: set up .venv,
+# synthesise scans, fill the crop cache, train the classifier with the default recipe, score the
+# held-out scans' candidates (the classification track), train the segmentation model, detect
+# nodules in the held-out scans from the scans alone (the detection track), evaluate both by the
+# LUNA16 rules and write an HTML report showing both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -18,15 +20,29 @@ fi
 luna prepcache --data-dir "$DATA" --cache-dir "$CACHE" --num-workers 2
 luna train --data-dir "$DATA" --cache-dir "$CACHE" --val-stride 4 --epochs "$EPOCHS" \
   --epoch-size "$EPOCH_SIZE" --num-workers 2 demo
-RUN=$(ls -td runs/luna/*-demo | head -n 1)
+RUN=$(ls -td runs/luna/*_??.??.??-demo | head -n 1)
 luna predict --checkpoint "$RUN" --data-dir "$DATA" --split val --out "$RUN/predictions_val.csv"
 # The predictions file lists exactly the held-out scans: use it as the series list.
 luna evaluate --predictions "$RUN/predictions_val.csv" --annotations "$DATA/annotations.csv" \
   --excluded "$DATA/annotations_excluded.csv" --series-list "$RUN/predictions_val.csv" \
   --out-dir "$RUN/eval"
+
+# The detection track: a segmentation model trained on the same training scans (the same
+# --val-stride holds out the same scans), then scan -> findings on the held-out scans.
+luna train-seg --data-dir "$DATA" --cache-dir "$CACHE" --val-stride 4 --num-workers 2 demo
+SEG=$(ls -td runs/seg/*_??.??.??-demo | head -n 1)
+luna detect --segmentation "$SEG" --classifier "$RUN" --data-dir "$DATA" --split val \
+  --out "$RUN/detections_val.csv"
+# Scans without a finding must still count their nodules as missed: the series list is the
+# held-out scans, i.e. those of the classification track's file.
+luna evaluate --predictions "$RUN/detections_val.csv" --annotations "$DATA/annotations.csv" \
+  --excluded "$DATA/annotations_excluded.csv" --series-list "$RUN/predictions_val.csv" \
+  --out-dir "$RUN/eval_detect"
 luna report "$RUN"
 echo
 echo "Run directory: $RUN"
-echo "  evaluation:  $RUN/eval/metrics.json (+ PNG plots)"
+echo "  evaluation:  $RUN/eval/metrics.json (+ PNG plots); detection track: $RUN/eval_detect/"
+echo "  findings:    $RUN/detections_val.csv, one JSON per scan in $RUN/detections_val_findings/"
+echo "  segmentation run: $SEG"
 echo "  report:      $RUN/report.html"
-echo "  TensorBoard: .venv/bin/tensorboard --logdir runs/luna"
+echo "  TensorBoard: .venv/bin/tensorboard --logdir runs"

@@ -9,6 +9,9 @@ every scored candidate to its generated candidate by position, and prints, per k
 - negatives: their count, median probability and the ROC AUC of all nodules against that kind
   alone (1.0: never confused with a nodule).
 
+With ``--detections`` the file is `luna detect`'s findings (which match no generated candidate):
+it lists the nodules without a finding above P inside their radius, with kind, size and place.
+
     .venv/bin/python tools/errors_by_kind.py runs/luna/<run>/val_predictions.csv \\
         [--series 32] [--seed 0] [--size small]
 """
@@ -38,6 +41,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="--seed given to luna synth")
     parser.add_argument("--size", default="small", help="--size given to luna synth")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability above which a nodule counts as found")
+    parser.add_argument("--detections", action="store_true",
+                        help="the file is `luna detect`'s findings, not scored candidates of the data set: a finding "
+                             "is a hit when it lies inside a nodule's radius; list the nodules it misses (by "
+                             "--list-below, default 0.5) instead of the table by kind of candidate")
     parser.add_argument("--list-below", type=float, default=None, metavar="P",
                         help="also list every nodule whose best candidate scores below P: kind, size, score, "
                              "false positives per scan that score higher, and slices to the scan's nearest end")
@@ -77,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"{args.predictions}: {len(missing)} series are not in the data set for --series "
                  f"{args.series} --seed {args.seed} --size {args.size} (e.g. {sorted(missing)[0]})")
 
+    if args.detections:
+        list_detection_misses(rows, scans, 0.5 if args.list_below is None else args.list_below)
+        return
     labels, probs, kinds = [], [], []
     for row in rows:
         centers, cand_labels, cand_kinds = truth[row["seriesuid"]]
@@ -125,6 +135,22 @@ def list_missed(rows: list[dict], scans: dict, labels: np.ndarray, probs: np.nda
             to_end = min(slice_ndx, scan.hu.shape[0] - 1 - slice_ndx)
             print(f"  {nodule.kind:<15} {nodule.diameter_mm:5.1f} mm  p {best:.3f}  "
                   f"{above / len(scans):7.1f} FP/scan  {to_end:3d} slices from an end  {uid}")
+
+
+def list_detection_misses(rows: list[dict], scans: dict, below: float) -> None:
+    """List the nodules whose best finding within their radius is below ``below`` (or absent),
+    counting a finding as a false positive when it hits no nodule."""
+    uids = np.array([row["seriesuid"] for row in rows])
+    xyz = np.array([[float(row[k]) for k in ("coordX", "coordY", "coordZ")] for row in rows])
+    probs = np.array([float(row["probability"]) for row in rows])
+    labels = np.zeros(len(rows), dtype=bool)
+    for uid, scan in scans.items():
+        for nodule in scan.nodules:
+            labels |= (uids == uid) & (np.linalg.norm(xyz - np.asarray(nodule.center_xyz), axis=1)
+                                      < nodule.diameter_mm / 2)
+    n_nodules = sum(len(scan.nodules) for scan in scans.values())
+    print(f"{len(rows):,} findings in {len(scans)} scans, {labels.sum()} inside a nodule; {n_nodules} nodules")
+    list_missed(rows, scans, labels, probs, below)
 
 
 if __name__ == "__main__":

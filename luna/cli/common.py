@@ -8,6 +8,7 @@ An app is a class built from an argument list (``App(["--epochs=1"])``) with a `
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import sys
 from pathlib import Path
@@ -195,3 +196,15 @@ def run_app(app_factory: Callable[[Sequence[str] | None], object], argv: Sequenc
     return 0
 
 
+
+
+def explicit_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """The destinations of the flags (and positionals) typed in ``argv``, not left at their defaults.
+
+    ``--resume`` needs this: a flag typed on the resuming command line is a request to change
+    the run, a default is not.
+    """
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:  # argparse keeps its actions there; there is no public way
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from luna.atomic import write_text_atomic
 from luna.cli.common import add_common_args, new_parser, non_negative_int, run_app
-from luna.luna16.paths import REPORT_NAME
+from luna.luna16.paths import REPORT_NAME, detections_name
 from luna.report.page import render_report
 from luna.report.run_record import read_final_evaluation, read_run, score_predictions
 
@@ -64,7 +64,12 @@ class LunaReportApp:
         for note in run.notes:
             log.warning("%s", note)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        path = write_text_atomic(args.out, render_report(run, evaluation, final))
+        # The detection track, when `luna detect` has left its findings on the held-out scans here.
+        threshold = (run.args or {}).get("threshold")
+        threshold = 0.5 if not isinstance(threshold, (int, float)) else float(threshold)
+        detection = score_predictions(run, args.annotations, args.excluded, args.bootstraps, threshold,
+                                      name=detections_name("val"), required=False)
+        path = write_text_atomic(args.out, render_report(run, evaluation, final, detection))
         log.info("Wrote report %s", path)
         return path
 

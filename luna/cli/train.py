@@ -16,7 +16,7 @@ from luna.cli.common import (add_cache_dir_arg, add_common_args, add_crop_args, 
                              positive_int, run_app)
 from luna.luna16.candidates import SPLITS
 from luna.luna16.paths import DEFAULT_RUNS_DIR, DEFAULT_TB_PREFIX
-from luna.models.classifier import MODELS
+from luna.models.classifier import CLASSIFIERS
 from luna.train.augment import AugmentConfig
 from luna.train.config import BEST_METRICS, TrainConfig
 from luna.train.recipe import LR_SCHEDULES, OPTIMIZERS
@@ -77,7 +77,7 @@ def add_training_args(parser: argparse.ArgumentParser, own_run_dir: bool = True)
     run.add_argument("comment", nargs="?", default="luna", help="comment suffix for the run names")
 
     model = parser.add_argument_group("model and optimiser")
-    model.add_argument("--model", choices=sorted(MODELS), default="luna_centre",
+    model.add_argument("--model", choices=sorted(CLASSIFIERS), default="luna_centre",
                        help="architecture: luna (the reference), luna_bn (batch norm after each conv of blocks 2-4) "
                             "or luna_centre (luna_bn plus a wider branch on the crop's centre at full resolution)")
     model.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="optimiser")

@@ -116,25 +116,48 @@ def crop_volume(volume: np.ndarray, center_irc: Sequence[int], shape_irc: Sequen
     return padded
 
 
-def resample_isotropic(volume: np.ndarray, spacing_irc: Sequence[float], voxel_mm: float) -> np.ndarray:
-    """The volume on a grid of ``voxel_mm`` cubes, by trilinear interpolation.
+def resample_volume(volume: np.ndarray, spacing_irc: Sequence[float],
+                    voxel_mm: float | Sequence[float]) -> np.ndarray:
+    """The volume on a grid of ``voxel_mm`` voxels, by trilinear interpolation.
 
     Output voxel ``j`` (on each axis) lies at input voxel ``j * voxel_mm / spacing``, so voxel 0
     stays voxel 0 and the grid spans the scan. The values are rounded back to the input dtype.
+    Trilinear interpolation is linear interpolation along each axis in turn; done that way it
+    takes a second for a 512 x 512 x 300 scan where a general affine resampler takes several.
 
     Args:
         volume: (I, R, C) voxels.
         spacing_irc: mm per voxel along I, R and C.
-        voxel_mm: the output voxel size.
+        voxel_mm: the output voxel size: one size (cubes) or one per axis (I, R, C).
 
     Returns:
         The resampled (I', R', C') volume.
     """
-    step = voxel_mm / np.asarray(spacing_irc, dtype=np.float64)  # input voxels per output voxel
-    shape = [int(np.floor((n - 1) / s)) + 1 for n, s in zip(volume.shape, step)]
-    out = ndimage.affine_transform(volume.astype(np.float32, copy=False), step, output_shape=shape,
-                                   order=1, mode="nearest")
+    voxel_irc = np.broadcast_to(np.asarray(voxel_mm, dtype=np.float64), (3,))
+    step = voxel_irc / np.asarray(spacing_irc, dtype=np.float64)  # input voxels per output voxel
+    out = volume
+    for axis, (n, s) in enumerate(zip(volume.shape, step)):
+        if s != 1.0:
+            out = _resample_axis(out, axis, s, int(np.floor((n - 1) / s)) + 1)
+    if out is volume:
+        return volume.copy()
     return np.rint(out, out=out).astype(volume.dtype, copy=False)
+
+
+def _resample_axis(volume: np.ndarray, axis: int, step: float, size: int) -> np.ndarray:
+    """Linear interpolation along one axis: output ``j`` at input position ``j * step``, float32."""
+    position = np.arange(size) * step
+    below = np.minimum(np.floor(position).astype(np.int64), volume.shape[axis] - 1)
+    above = np.minimum(below + 1, volume.shape[axis] - 1)
+    shape = [1] * volume.ndim
+    shape[axis] = size
+    weight = (position - below).astype(np.float32).reshape(shape)
+    low = np.take(volume, below, axis=axis).astype(np.float32, copy=False)
+    high = np.take(volume, above, axis=axis).astype(np.float32, copy=False)
+    high -= low
+    high *= weight
+    low += high
+    return low
 
 
 class Cropper:
@@ -152,7 +175,7 @@ class Cropper:
         self._step = None
         if crop.voxel_mm:
             spacing_irc = np.asarray(ct.spacing_xyz[::-1], dtype=np.float64)
-            self._volume = resample_isotropic(ct.hu_a, spacing_irc, crop.voxel_mm)
+            self._volume = resample_volume(ct.hu_a, spacing_irc, crop.voxel_mm)
             self._step = crop.voxel_mm / spacing_irc  # scan voxels per resampled voxel
 
     def crop_at(self, center_xyz: Sequence[float]) -> tuple[np.ndarray, IrcTuple]:

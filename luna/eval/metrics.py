@@ -122,3 +122,15 @@ def classifier_metrics(labels: np.ndarray, probabilities: np.ndarray, losses: np
         RECALL_AT_GOAL_KEY: recall_at_precision(pos_label, preds),
     })
     return metrics
+
+
+def voxel_metrics(true_positive: int, false_positive: int, false_negative: int) -> dict[str, float]:
+    """Per-voxel precision, recall and F1 of a segmentation, from its counts at the threshold.
+
+    Keys are the classifier's (``pr/precision``, ``pr/recall``, ``pr/f1_score``) so that logs,
+    TensorBoard and the summary name them alike; no predicted (or no true) voxel scores 0.
+    """
+    precision = _ratio_or_zero(true_positive, true_positive + false_positive)
+    recall = _ratio_or_zero(true_positive, true_positive + false_negative)
+    f1 = _ratio_or_zero(2 * true_positive, 2 * true_positive + false_positive + false_negative)
+    return {"pr/precision": precision, "pr/recall": recall, "pr/f1_score": f1}

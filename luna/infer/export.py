@@ -27,7 +27,7 @@ from luna.infer.exported import (JIT_DEPRECATION, ONNX_INSTALL_HINT, exported_fo
                                  torchscript_classifier)
 from luna.infer.modelcard import EXPORT_FORMATS, INPUT_NAME, OUTPUT_NAMES, build_card, card_path, write_card
 from luna.infer.predict import crop_of_checkpoint
-from luna.models.classifier import count_parameters
+from luna.models.registry import count_parameters
 from luna.runtime.checkpoint import load_checkpoint, load_model, resolve_checkpoint_path
 from luna.runtime.rundir import read_summary
 

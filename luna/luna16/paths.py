@@ -27,6 +27,7 @@ SUMMARY_NAME = "summary.csv"  # one row per epoch
 VAL_PREDICTIONS_NAME = "val_predictions.csv"  # the last epoch's validation scores, suppressed
 REPORT_NAME = "report.html"
 EVAL_DIR_NAME = "eval"  # where the demo puts `luna evaluate`'s output
+DETECT_EVAL_DIR_NAME = "eval_detect"  # the same for the detection track (`luna detect`'s results)
 METRICS_NAME = "metrics.json"  # `luna evaluate`'s figures
 
 # -- a cross-validation directory (luna crossval --out-dir) -----------------------------------------
@@ -47,6 +48,7 @@ DEFAULT_DATA_DIR = "data/luna16"
 DEFAULT_CACHE_DIR = "cache"
 DEFAULT_RUNS_DIR = "runs"
 DEFAULT_TB_PREFIX = "luna"
+DEFAULT_SEG_TB_PREFIX = "seg"  # segmentation runs (`luna train-seg`)
 
 
 def default_data_dir() -> Path:
@@ -62,6 +64,17 @@ def default_cache_dir() -> Path:
 def predictions_name(split: str) -> str:
     """What ``luna predict`` calls its results file by default, e.g. ``predictions_val.csv``."""
     return f"predictions_{split}.csv"
+
+
+def detections_name(split: str) -> str:
+    """What ``luna detect`` calls its results file in a classifier's run dir, e.g. ``detections_val.csv``."""
+    return f"detections_{split}.csv"
+
+
+def findings_dir(results_csv: Path) -> Path:
+    """Where ``luna detect`` puts a results file's per-scan JSON and pictures: beside it, named after it."""
+    results_csv = Path(results_csv)
+    return results_csv.with_name(results_csv.stem + "_findings")
 
 
 def find_csv(data_dir: Path, names: Sequence[str], what: str, flag: str) -> Path:

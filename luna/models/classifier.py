@@ -1,9 +1,10 @@
-"""The candidate classifier: the reference 3D CNN, plus a registry to rebuild it from a checkpoint.
+"""The candidate classifiers: the reference 3D CNN and its variants, by name (:data:`CLASSIFIERS`).
 
 :class:`LunaModel` is the reference architecture exactly: a BatchNorm on the raw
 HU input, four conv blocks that halve every spatial axis, and one linear layer on the flattened
-features. Checkpoints keep ``model.config`` (a small JSON-able dict) so that :func:`build_model`
-can rebuild the same network without the caller knowing which class or sizes were used.
+features. Checkpoints keep ``model.config`` (a small JSON-able dict) so that
+:func:`luna.models.registry.build_model` can rebuild the same network without the caller knowing which
+class or sizes were used.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from luna.errors import DataError
 from luna.luna16.sample import CROP_SHAPE_IRC
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class LunaModel(nn.Module):
 
     @property
     def config(self) -> dict:
-        """What :func:`build_model` needs to rebuild this network (a fresh, JSON-able dict)."""
+        """What :func:`luna.models.registry.build_model` needs to rebuild this network (a fresh, JSON-able dict)."""
         return dict(self._config, crop_shape_irc=list(self._config["crop_shape_irc"]))
 
     def _init_weights(self) -> None:
@@ -208,47 +208,8 @@ class LunaCentreModel(LunaBnModel):
         return torch.cat([torch.flatten(trunk, 1), torch.flatten(self.centre_blocks(centre), 1)], dim=1)
 
 
-MODELS: dict[str, type[LunaModel]] = {
+CLASSIFIERS: dict[str, type[LunaModel]] = {
     "luna": LunaModel,
     "luna_bn": LunaBnModel,
     "luna_centre": LunaCentreModel,
 }
-
-DEFAULT_MODEL = "luna"
-
-
-def build_model(config: dict) -> nn.Module:
-    """Rebuild a network from its ``config`` (as stored in a checkpoint).
-
-    Args:
-        config: a dict with ``name`` (a key of :data:`MODELS`) and that model's keyword
-            arguments, e.g. ``{"name": "luna", "in_channels": 1, "conv_channels": 8}``.
-
-    Returns:
-        A freshly initialised model on the CPU.
-
-    Raises:
-        DataError: unknown model name or arguments the model does not take (a checkpoint
-            from another version, or a hand-edited one).
-    """
-    kwargs = dict(config)
-    name = kwargs.pop("name", DEFAULT_MODEL)
-    if name not in MODELS:
-        raise DataError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
-    try:
-        return MODELS[name](**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"cannot build model {name!r} from {config!r}: {exc}") from exc
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of scalar parameters of a model.
-
-    Args:
-        model: any module.
-        trainable_only: count only parameters with ``requires_grad``.
-
-    Returns:
-        The total element count.
-    """
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -245,6 +245,28 @@ def _final_section(run: RunRecord, evaluation: Evaluation) -> str:
             f"<p>{html.escape(text)}</p>{note}" + _froc_table(froc) + f'<div class="figures">{"".join(figures)}</div>')
 
 
+def _detection_section(detection: Evaluation, classification: FrocResult | None) -> str:
+    """The detection track (``luna detect``'s findings on the held-out scans) beside the classification
+    track (the given candidates: the final evaluation when there is one, else the last validation),
+    both by the LUNA16 rules."""
+    tracks = [("detection (luna detect)", detection.froc)]
+    if classification is not None:
+        tracks.append(("classification (given candidates)", classification))
+    rows = [["CPM"] + [_fmt(froc.cpm) + (f" [{froc.ci.cpm[0]:.3f}, {froc.ci.cpm[1]:.3f}]" if froc.ci else "")
+                       for _, froc in tracks]]
+    for rate in detection.froc.sensitivity_at:
+        rows.append([f"sensitivity at {rate:g} FP/scan"] + [_fmt(froc.sensitivity_at.get(rate)) for _, froc in tracks])
+    rows.append(["nodules hit in the top 100 per scan"] + [f"{froc.n_found} of {froc.n_nodules}" for _, froc in tracks])
+    rows.append(["candidates per scan"] + [f"{froc.n_candidates / max(froc.n_scans, 1):.1f}" for _, froc in tracks])
+    froc = detection.froc
+    counts = (f"{froc.n_scans:,} scans, {froc.n_nodules:,} nodules, {froc.n_candidates:,} findings "
+              f"({detection.matches.n_excluded:,} on excluded findings); intervals: 95% bootstrap over scans.")
+    return ("<h2>Detection track (LUNA16 rules)</h2>"
+            f"<p>{html.escape(counts)}</p>"
+            + _table([""] + [name for name, _ in tracks], rows, text_columns=1)
+            + f'<div class="figures">{_img(plots.froc_figure(froc), "FROC of the detection track")}</div>')
+
+
 def _summary_section(run: RunRecord) -> str:
     if not run.rows:
         return ""
@@ -274,7 +296,8 @@ def _args_section(run: RunRecord) -> str:
     return f'<h2>Training arguments</h2><div class="args">{"".join(tables)}</div>'
 
 
-def render_report(run: RunRecord, evaluation: Evaluation | None, final: FinalEvaluation | None = None) -> str:
+def render_report(run: RunRecord, evaluation: Evaluation | None, final: FinalEvaluation | None = None,
+                  detection: Evaluation | None = None) -> str:
     """The whole HTML page of a run.
 
     Args:
@@ -282,6 +305,7 @@ def render_report(run: RunRecord, evaluation: Evaluation | None, final: FinalEva
         evaluation: the run's scored val_predictions.csv, or None.
         final: luna evaluate's figures from the run's eval/ folder, or None. When given, they are
             the headline and the final section (and ``evaluation`` is not shown).
+        detection: the scored findings of ``luna detect`` on the held-out scans, or None.
 
     Returns:
         One HTML document; every piece of text in it is escaped.
@@ -298,6 +322,8 @@ def render_report(run: RunRecord, evaluation: Evaluation | None, final: FinalEva
         notes, _headline(run, evaluation, final), _curves_section(run),
         _final_evaluation_section(final) if final is not None else
         _final_section(run, evaluation) if evaluation is not None else "",
+        _detection_section(detection, final.froc if final is not None else
+                           evaluation.froc if evaluation is not None else None) if detection is not None else "",
         _summary_section(run), _args_section(run), "</body></html>",
     ]
     return "\n".join(part for part in parts if part) + "\n"

@@ -135,16 +135,23 @@ def _findings_path(flag: Path | None, run: RunRecord, key: str, names: Sequence[
 
 
 def score_predictions(run: RunRecord, annotations: Path | None, excluded: Path | None,
-                      n_bootstraps: int, threshold: float) -> Evaluation | None:
-    """Score the run's last validation predictions by the LUNA16 rules; None (with a note) if impossible.
+                      n_bootstraps: int, threshold: float, name: str = VAL_PREDICTIONS_NAME,
+                      required: bool = True) -> Evaluation | None:
+    """Score a results file of the run by the LUNA16 rules; None (with a note) if impossible.
 
     Only the scans in the predictions are evaluated: they are the validation scans, as in
     training, so the CPM matches the summary's last ``val_froc/cpm``.
+
+    Args:
+        name: the results file in the run directory: the training's last validation, or
+            ``luna detect``'s findings on the held-out scans (``detections_val.csv``).
+        required: whether its absence deserves a note (optional files are simply left out).
     """
-    path = run.run_dir / VAL_PREDICTIONS_NAME
+    path = run.run_dir / name
     if not path.is_file():
-        run.notes.append(f"no {VAL_PREDICTIONS_NAME} in the run directory: final FROC, ROC and "
-                         "precision-recall figures are left out")
+        if required:
+            run.notes.append(f"no {name} in the run directory: final FROC, ROC and "
+                             "precision-recall figures are left out")
         return None
     annotations = _findings_path(annotations, run, "annotations", ANNOTATION_FILE_NAMES, "annotations")
     if annotations is None:

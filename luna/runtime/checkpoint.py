@@ -52,7 +52,7 @@ from torch import nn
 from luna.atomic import atomic_open
 from luna.errors import DataError, UsageError
 from luna.luna16.paths import BEST_NAME, LAST_NAME
-from luna.models.classifier import build_model
+from luna.models.registry import build_model
 
 log = logging.getLogger(__name__)
 

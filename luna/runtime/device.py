@@ -119,8 +119,13 @@ class StepConfig:
         # Crops may travel as int16 (half the bytes); the model gets float32 HU.
         x = crops.to(self.device, non_blocking=True).float()
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+            x = x.contiguous(memory_format=_channels_last_format(x.dim()))
         return x
+
+
+def _channels_last_format(dim: int) -> torch.memory_format:
+    """Channels-last for a batch of volumes (N, C, D, H, W) or of images (N, C, H, W)."""
+    return torch.channels_last_3d if dim == 5 else torch.channels_last
 
 
 def prepare_model(model: nn.Module, device: torch.device | str, channels_last: bool = False) -> nn.Module:
@@ -129,14 +134,17 @@ def prepare_model(model: nn.Module, device: torch.device | str, channels_last: b
     Args:
         model: the network.
         device: where it will run.
-        channels_last: store 5-D weights as channels_last_3d, which lets cuDNN / oneDNN pick
-            their faster channels-last kernels when the input is channels-last too.
+        channels_last: store conv weights channels-last (channels_last_3d for a 3D network), which
+            lets cuDNN / oneDNN pick their faster channels-last kernels when the input is
+            channels-last too.
 
     Returns:
         The same module, moved in place.
     """
     if channels_last:
-        model = model.to(device=device, memory_format=torch.channels_last_3d)
+        # The format follows the convolutions' weights: 3D networks (N, C, D, H, W), 2D ones (N, C, H, W).
+        weight_dims = {p.dim() for p in model.parameters()}
+        model = model.to(device=device, memory_format=_channels_last_format(5 if 5 in weight_dims else 4))
     else:
         model = model.to(device=device)
     log.debug("%s on %s (channels_last=%s, %d parameters)",

@@ -146,6 +146,19 @@ def broadcast_object(obj: Any, ctx: DistContext, src: int = 0) -> Any:
     return holder[0]
 
 
+def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
+    """Every rank's picklable ``obj``, in rank order, on every rank (``[obj]`` in a single process).
+
+    For small per-rank results (rows of a results file, per-scan summaries), not for tensors
+    of per-sample metrics (see :func:`gather_per_sample`).
+    """
+    if not ctx.is_distributed:
+        return [obj]
+    gathered: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Element-wise sum of ``tensor`` over all ranks.
 

@@ -93,7 +93,7 @@ class TrainConfig:
         return CropConfig(edge=self.crop_edge, voxel_mm=self.crop_mm)
 
     def model_config(self) -> dict:
-        """The :func:`luna.models.classifier.build_model` config."""
+        """The :func:`luna.models.registry.build_model` config."""
         return {"name": self.model}
 
     def augment(self) -> AugmentConfig | None:

@@ -4,9 +4,10 @@ Log lines follow the reference's shape (:func:`format_epoch_lines`), with precis
 and ROC AUC added to the first line.
 
 TensorBoard follows the reference: one writer for training and one for validation, in
-``<runs>/<prefix>/<time>-trn_cls-<comment>`` and ``...-val_cls-<comment>``, created only when the
-first metrics are written so that a run that dies early leaves no empty junk runs. The x axis is
-the number of training samples seen, not the epoch. ``single_writer`` puts both in one run with
+``<runs>/<prefix>/<time>-trn_cls-<comment>`` and ``...-val_cls-<comment>`` (``_seg`` for a
+segmentation run), created only when the first metrics are written so that a run that dies
+early leaves no empty junk runs. The x axis is the number of training samples seen, not the
+epoch. ``single_writer`` puts both in one run with
 ``trn/`` and ``val/`` in front of the tags instead.
 
 Resuming passes ``purge_step`` so TensorBoard hides whatever an interrupted run wrote after its
@@ -67,21 +68,23 @@ class RunLogger:
         run_dir: where ``summary.csv`` lives (next to the checkpoints).
         single_writer: one writer, ``trn/`` and ``val/`` in the tag names.
         purge_step: on resume, the samples-seen of the checkpoint + 1.
+        kind: what the run trains, in the writers' names: ``cls`` (the classifier) or ``seg``.
     """
 
     def __init__(self, tb_dir: Path, run_name: str, comment: str, run_dir: Path,
-                 single_writer: bool = False, purge_step: int | None = None):
+                 single_writer: bool = False, purge_step: int | None = None, kind: str = "cls"):
         self.tb_dir, self.run_name, self.comment = Path(tb_dir), run_name, comment
         self.run_dir = Path(run_dir)
         self.single_writer = single_writer
         self.purge_step = purge_step
+        self.kind = kind
         self._writers: dict[str, object] = {}
 
     def _writer(self, mode: str):
         key = "all" if self.single_writer else mode
         if key not in self._writers:
             from torch.utils.tensorboard import SummaryWriter  # slow import; only when needed
-            suffix = "cls" if self.single_writer else f"{mode}_cls"
+            suffix = self.kind if self.single_writer else f"{mode}_{self.kind}"
             log_dir = self.tb_dir / f"{self.run_name}-{suffix}-{self.comment}"
             self._writers[key] = SummaryWriter(log_dir=str(log_dir), purge_step=self.purge_step)
         return self._writers[key]
@@ -106,6 +109,17 @@ class RunLogger:
             writer.add_histogram(self._tag(mode, "is_neg"), neg, step, bins=bins)
         if pos.size:
             writer.add_histogram(self._tag(mode, "is_pos"), pos, step, bins=bins)
+
+    def log_scalars(self, mode: str, metrics: dict[str, float], step: int) -> None:
+        """Every finite number of ``metrics`` as a scalar of its own name."""
+        writer = self._writer(mode)
+        for tag, value in metrics.items():
+            if isinstance(value, (int, float)) and np.isfinite(value):
+                writer.add_scalar(self._tag(mode, tag), value, step)
+
+    def log_image(self, mode: str, tag: str, image_chw: np.ndarray, step: int) -> None:
+        """One (3, H, W) RGB image with values in [0, 1]."""
+        self._writer(mode).add_image(self._tag(mode, tag), image_chw, step, dataformats="CHW")
 
     def flush(self) -> None:
         for writer in self._writers.values():

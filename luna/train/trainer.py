@@ -30,7 +30,7 @@ from luna.data.negatives import HardNegativeMiner, excluded_filter
 from luna.errors import DataError, LunaError
 from luna.eval.metrics import GOAL_PRECISION, RECALL_AT_GOAL_KEY
 from luna.luna16.paths import EXCLUDED_FILE_NAMES, LAST_NAME, RUN_META_NAME, VAL_PREDICTIONS_NAME, find_optional_csv
-from luna.models.classifier import build_model, count_parameters
+from luna.models.registry import build_model, count_parameters
 from luna.runtime.checkpoint import CheckpointSaver, load_model_state, make_checkpoint, restore_rng_state
 from luna.runtime.device import StepConfig, prepare_model, resolve_performance
 from luna.runtime.rundir import read_run_meta, write_run_meta

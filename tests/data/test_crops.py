@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from luna.data.crops import crop_bounds, crop_candidate, crop_volume, resample_isotropic
+from luna.data.crops import crop_bounds, crop_candidate, crop_volume, resample_volume
 from luna.io.ct import Ct
 from luna.luna16.geometry import irc2xyz
 from tests.conftest import write_scan
@@ -38,13 +38,13 @@ def test_resampling_interpolates_linearly_on_the_new_grid():
     i, r, c = np.meshgrid(np.arange(6), np.arange(5), np.arange(4), indexing="ij")
     volume = (100 * i + 10 * r + c).astype(np.int16)
     # Voxels of 2 x 1 x 0.5 mm onto 1 mm cubes: I doubles, R stays, C halves; voxel 0 stays voxel 0.
-    out = resample_isotropic(volume, (2.0, 1.0, 0.5), 1.0)
+    out = resample_volume(volume, (2.0, 1.0, 0.5), 1.0)
     assert out.dtype == np.int16 and out.shape == (11, 5, 2)
     oi, orr, oc = np.meshgrid(np.arange(11) / 2, np.arange(5), np.arange(2) * 2, indexing="ij")
     # A linear ramp is reproduced exactly by linear interpolation (then rounded to int16).
     np.testing.assert_array_equal(out, np.rint(100 * oi + 10 * orr + oc))
     # Already isotropic at that size: unchanged.
-    np.testing.assert_array_equal(resample_isotropic(volume, (1.0, 1.0, 1.0), 1.0), volume)
+    np.testing.assert_array_equal(resample_volume(volume, (1.0, 1.0, 1.0), 1.0), volume)
 
 
 def test_isotropic_crop_shows_a_ball_round_whatever_the_slice_thickness(tmp_path):

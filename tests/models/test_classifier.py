@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from luna.errors import DataError
-from luna.models.classifier import LunaBlock, LunaModel, MODELS, build_model, count_parameters
+from luna.models.classifier import CLASSIFIERS, LunaBlock, LunaModel
+from luna.models.registry import build_model, count_parameters
 from luna.models.views import predict_views
 from luna.runtime.device import prepare_model
 
@@ -105,7 +106,7 @@ def test_other_sizes_and_variant():
     everywhere = build_model({"name": "luna_bn", "batch_norm_from": 1})
     assert sum(isinstance(m, nn.BatchNorm3d) for m in everywhere.modules()) == 1 + 8
     build_model(variant.config).load_state_dict(variant.state_dict())
-    assert set(MODELS) >= {"luna", "luna_bn"}
+    assert set(CLASSIFIERS) >= {"luna", "luna_bn"}
 
 
 def test_a_checkpoint_of_a_removed_option_is_a_one_line_error():

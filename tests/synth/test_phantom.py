@@ -275,3 +275,24 @@ def test_the_data_set_gets_the_usual_modes_not_the_temp_dirs_private_one(tmp_pat
     files = [p for p in root.rglob("*") if p.is_file()]
     assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in folders} == {oct(0o755)}
     assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {oct(0o644)}
+
+
+def test_errors_by_kind_lists_the_nodules_detection_missed(tiny, tmp_path):
+    # Findings of `luna detect` match no generated candidate: with --detections, a nodule is found
+    # when a finding lies inside its radius. Here every nodule but the first has one.
+    with open(tiny["root"] / "annotations.csv", newline="") as handle:
+        nodules = list(csv.DictReader(handle))
+    preds = tmp_path / "findings.csv"
+    with open(preds, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["seriesuid", "coordX", "coordY", "coordZ", "probability"])
+        for n, row in enumerate(nodules):
+            x, y, z = (float(row[k]) + (0.0 if n else 50.0) for k in ("coordX", "coordY", "coordZ"))
+            writer.writerow([row["seriesuid"], x, y, z, 0.9])
+    script = Path(__file__).resolve().parents[2] / "tools" / "errors_by_kind.py"
+    done = subprocess.run([sys.executable, str(script), str(preds), "--series", "5", "--seed", "3", "--size", "tiny",
+                           "--detections"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(nodules) - 1} inside a nodule" in done.stdout
+    (missed,) = [line for line in done.stdout.splitlines() if " mm  p " in line]
+    assert "p nan" in missed and nodules[0]["seriesuid"] in missed

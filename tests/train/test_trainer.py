@@ -9,7 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from luna.runtime.checkpoint import load_checkpoint
-from luna.models.classifier import build_model
+from luna.models.registry import build_model
 from luna.train.runlog import SCALAR_TAGS
 from luna.cli.train import LunaTrainingApp
 from luna.train.trainer import ClassifierTrainer
@@ -92,14 +92,14 @@ def test_checkpoint_reloads_in_a_new_process(data, tmp_path):
     code = (
         "import sys, torch\n"
         "from luna.runtime.checkpoint import load_checkpoint, load_model_state\n"
-        "from luna.models.classifier import build_model\n"
+        "from luna.models.registry import build_model\n"
         "ckpt = load_checkpoint(sys.argv[1])\n"
         "model = build_model(ckpt['model_config']); load_model_state(model, ckpt, sys.argv[1], 'luna_centre')\n"
         "model.eval(); torch.manual_seed(0)\n"
         "print(float(model(torch.randn(2, 1, 32, 48, 48) * 300)[1][:, 1].sum()), ckpt['epoch'], ckpt['samples_seen'])\n")
     out = subprocess.run([sys.executable, "-c", code, str(ckpt_path)], capture_output=True, text=True,
                          check=True, timeout=120).stdout.split()
-    from luna.models.classifier import build_model
+    from luna.models.registry import build_model
     ckpt = load_checkpoint(ckpt_path)
     model = build_model(ckpt["model_config"])
     model.load_state_dict(ckpt["model_state"])

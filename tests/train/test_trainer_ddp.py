@@ -12,7 +12,7 @@ from luna.data.dataset import LunaDataset
 from luna.runtime.device import StepConfig
 from luna.train.engine import evaluate
 from luna.train.engine import epoch_metrics
-from luna.models.classifier import build_model
+from luna.models.registry import build_model
 from tests.conftest import make_tiny_luna
 
 

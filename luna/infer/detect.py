@@ -1,0 +1,253 @@
+"""From a CT scan to findings: segmentation -> grouping -> classifier -> suppression -> results.
+
+For each scan, one at a time (the scan, its copy on the segmentation grid and the probability
+map are the memory held):
+
+1. read it (:func:`read_scan`, the one place a scan file is opened);
+2. resample it to the segmentation model's grid and segment the lung region
+   (:mod:`luna.infer.segmentation`);
+3. group the marked voxels into candidates (:mod:`luna.infer.grouping`); when there are more
+   than ``max_candidates``, keep those the classifier scores highest at a single view;
+4. score each candidate with the classifier and its test-time views
+   (:func:`luna.infer.scoring.score_scan`), then lower near neighbours of a better one
+   (:mod:`luna.eval.suppression`), exactly as ``luna predict`` does with given candidates;
+5. keep one :class:`~luna.infer.findings.ScanFindings`: a JSON beside the results file, rows in it,
+   and, if asked for, a picture of each finding the classifier calls a nodule (drawn by the
+   caller's ``draw``: pictures are the report layer's).
+
+Under ``torchrun`` each process takes every N-th scan; rank 0 gathers the rows and writes the
+one results file, in the order a single process writes it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from torch import nn
+
+from luna.data.crops import CropConfig
+from luna.data.seg_grid import SegGrid, lung_region, to_grid
+from luna.errors import DataError, UsageError
+from luna.eval.suppression import NMS_RADIUS_MM, suppress_neighbours
+from luna.infer.findings import Finding, ScanFindings, merge_rows, sorted_findings
+from luna.infer.grouping import THRESHOLD, group_candidates
+from luna.infer.predict import PredictConfig, crop_of_checkpoint, default_split, select_jobs
+from luna.infer.scoring import score_scan
+from luna.infer.segmentation import segment_volume
+from luna.io.ct import Ct
+from luna.io.scans import find_series_files
+from luna.luna16.candidates import split_series
+from luna.luna16.csvfiles import PREDICTION_COLUMNS, check_series_uid, read_annotations, write_table
+from luna.luna16.paths import ANNOTATION_FILE_NAMES, default_data_dir, find_optional_csv, findings_dir
+from luna.models.registry import model_kind
+from luna.progress import enumerate_with_estimate
+from luna.runtime.checkpoint import load_checkpoint, load_model, resolve_checkpoint_path
+from luna.runtime.device import StepConfig, prepare_model, resolve_performance
+from luna.runtime.distributed import (DistContext, barrier, cleanup_distributed, gather_objects,
+                                      init_distributed)
+
+log = logging.getLogger(__name__)
+
+SPLIT_CHOICES = ("val", "train", "all")
+# Findings per scan at most: many more than the nodules a scan has (LUNA16 scores the top 100).
+MAX_CANDIDATES = 50
+# Pictures are drawn for findings the classifier calls nodules.
+PICTURE_THRESHOLD = 0.5
+
+# draw(ct, series uid, findings to draw, folder) -> the picture files it wrote.
+DrawFindings = Callable[[Ct, str, Sequence[Finding], Path], list[Path]]
+
+
+@dataclass
+class DetectConfig:
+    """What ``luna detect`` is told (see its ``--help`` for each)."""
+
+    segmentation: Path
+    classifier: Path
+    out: Path
+    data_dir: Path | None = None
+    scans: list[Path] | None = None
+    split: str | None = None
+    pictures: bool = False
+    max_candidates: int = MAX_CANDIDATES
+    threshold: float = THRESHOLD
+    batch_size: int = 64
+    tta_views: int = 8
+    nms_mm: float = NMS_RADIUS_MM
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: str = "auto"
+
+
+@dataclass
+class Models:
+    """The two networks on their device, and what they need to know about the scans."""
+
+    segmenter: nn.Module
+    classifier: nn.Module
+    grid: SegGrid
+    crop: CropConfig
+    step_cfg: StepConfig
+    seg_args: dict[str, Any]
+    cls_args: dict[str, Any]
+
+
+def read_scan(path: Path, series_uid: str | None = None) -> Ct:
+    """The one place detection opens a scan file."""
+    return Ct(path, series_uid)
+
+
+def series_uid_of(path: Path) -> str:
+    """A scan's series uid from its file name (the name without its extension)."""
+    return check_series_uid(Path(path).stem, str(path))
+
+
+def _load(path: Path, kind: str, flag: str) -> tuple[Path, dict[str, Any], nn.Module]:
+    ckpt_path = resolve_checkpoint_path(path)
+    ckpt = load_checkpoint(ckpt_path)
+    found = model_kind(ckpt.get("model_name"))
+    if found != kind:
+        raise UsageError(f"{flag} {path}: holds a {found or 'unknown'} model ({ckpt.get('model_name')!r}), "
+                         f"not a {kind} model")
+    return ckpt_path, ckpt, load_model(ckpt_path, ckpt)
+
+
+def load_models(config: DetectConfig, ctx: DistContext) -> Models:
+    """Both checkpoints, checked to be what their flags say, on the device."""
+    seg_path, seg_ckpt, segmenter = _load(config.segmentation, "segmentation", "--segmentation")
+    cls_path, cls_ckpt, classifier = _load(config.classifier, "classifier", "--classifier")
+    seg_args, cls_args = seg_ckpt.get("args") or {}, cls_ckpt.get("args") or {}
+    grid = SegGrid(float(seg_args.get("pixel_mm", 0.0)), float(seg_args.get("slice_mm", 0.0)))
+    crop = crop_of_checkpoint(cls_path, cls_ckpt)
+    if config.tta_views == 8 and crop.shape_irc[1] != crop.shape_irc[2]:
+        raise UsageError(f"--tta-views 8 needs square crops, the classifier takes {crop.shape_irc}; use 4")
+    perf = resolve_performance(config.precision, config.channels_last, ctx.device)
+    segmenter = prepare_model(segmenter, ctx.device, perf.channels_last).eval()
+    classifier = prepare_model(classifier, ctx.device, perf.channels_last).eval()
+    if ctx.is_primary:
+        log.info("Segmentation %s (epoch %s, grid %s), classifier %s (epoch %s), on %s, %s, channels_last=%s, "
+                 "%d view(s), NMS radius %g mm", seg_path, seg_ckpt.get("epoch", "?"), grid, cls_path,
+                 cls_ckpt.get("epoch", "?"), ctx.device, perf.precision, perf.channels_last, config.tta_views,
+                 config.nms_mm)
+    return Models(segmenter, classifier, grid, crop, StepConfig(ctx.device, perf.precision, perf.channels_last),
+                  seg_args, cls_args)
+
+
+def select_scans(config: DetectConfig, models: Models) -> list[tuple[str, Path]]:
+    """``(series uid, file)`` of every scan to detect in, in the order the results list them."""
+    if config.scans:
+        if config.data_dir is not None:
+            raise UsageError("give scan files or --data-dir, not both")
+        if config.split not in (None, "all"):
+            raise UsageError("--split picks scans of a data dir; it does not go with scan files")
+        scans = [(series_uid_of(path), Path(path)) for path in config.scans]
+        uids = [uid for uid, _ in scans]
+        if len(set(uids)) != len(uids):
+            raise UsageError(f"two scan files have the same series uid {sorted(u for u in uids if uids.count(u) > 1)[0]}")
+        return scans
+    data_dir = config.data_dir or default_data_dir()
+    split = config.split or default_split(data_dir, models.cls_args, False)
+    if split == "all":
+        return sorted(find_series_files(data_dir).items())
+    # The classifier run's own split of its candidates (as `luna predict --split` takes it).
+    selection = select_jobs(PredictConfig(config.classifier, data_dir=data_dir, split=split), models.cls_args)
+    scans = [(job.series_uid, job.scan_path) for job in selection.jobs]
+    _warn_if_seen_by_segmentation(data_dir, scans, models.seg_args, split)
+    return scans
+
+
+def _warn_if_seen_by_segmentation(data_dir: Path, scans: list[tuple[str, Path]], seg_args: dict[str, Any],
+                                  split: str) -> None:
+    """A held-out scan of the classifier may have trained the segmentation model: say so."""
+    if split != "val" or not seg_args.get("data_dir"):
+        return
+    if Path(seg_args["data_dir"]).resolve() != Path(data_dir).resolve():
+        return
+    annotations = seg_args.get("annotations") or find_optional_csv(data_dir, ANNOTATION_FILE_NAMES)
+    if annotations is None:
+        return
+    on_disk = find_series_files(data_dir)
+    held_out = split_series(list(on_disk), set(read_annotations(annotations, series_uids=set(on_disk))),
+                            int(seg_args.get("val_stride", 10)))
+    seen = [uid for uid, _ in scans if uid not in held_out]
+    if seen:
+        log.warning("%d of the %d scans were training scans of the segmentation run (--val-stride %s): its "
+                    "candidates there are not a held-out result", len(seen), len(scans), seg_args.get("val_stride"))
+
+
+def detect_scan(models: Models, series_uid: str, path: Path, config: DetectConfig) -> tuple[Ct, ScanFindings]:
+    """Steps 1-4 of the module docstring for one scan."""
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    ct = read_scan(path, series_uid)
+    seconds["read"] = time.perf_counter() - started
+    volume = to_grid(ct, models.grid)
+    region = lung_region(volume)
+    seconds["resample"] = time.perf_counter() - started - sum(seconds.values())
+    probability = segment_volume(models.segmenter, volume.hu_a, models.step_cfg, region=region)
+    seconds["segment"] = time.perf_counter() - started - sum(seconds.values())
+    candidates = group_candidates(probability, volume, config.threshold)
+    del probability, volume
+    seconds["group"] = time.perf_counter() - started - sum(seconds.values())
+    centers_xyz = np.array([c.center_xyz for c in candidates], dtype=np.float64).reshape(-1, 3)
+    if len(candidates) > config.max_candidates:
+        # More candidates than the cap: the classifier, at one view, picks the ones to keep.
+        screen = score_scan(models.classifier, ct, centers_xyz, models.step_cfg, config.batch_size, models.crop, 1)
+        keep = np.sort(np.argsort(-screen, kind="stable")[:config.max_candidates])
+        candidates, centers_xyz = [candidates[k] for k in keep], centers_xyz[keep]
+    scores = score_scan(models.classifier, ct, centers_xyz, models.step_cfg, config.batch_size, models.crop,
+                        config.tta_views) if len(candidates) else np.zeros(0, dtype=np.float32)
+    suppressed = suppress_neighbours(centers_xyz, scores, config.nms_mm)
+    seconds["classify"] = time.perf_counter() - started - sum(seconds.values())
+    findings = [Finding(float(p), float(raw), tuple(float(v) for v in c.center_xyz),
+                        tuple(float(v) for v in ct.xyz2irc_float(c.center_xyz)), c.diameter_mm, c.volume_mm3,
+                        c.max_probability) for c, p, raw in zip(candidates, suppressed, scores)]
+    geometry = {"origin_xyz": list(map(float, ct.origin_xyz)), "spacing_xyz": list(map(float, ct.spacing_xyz)),
+                "direction": [float(v) for v in np.asarray(ct.direction).ravel()],
+                "shape_irc": [int(n) for n in ct.hu_a.shape]}
+    return ct, ScanFindings(series_uid, str(path), geometry, sorted_findings(findings), seconds)
+
+
+def detect(config: DetectConfig, draw: DrawFindings | None = None) -> Path:
+    """Detect in every selected scan and write the results file; return its path."""
+    if config.out.is_dir():
+        raise UsageError(f"--out {config.out} is a directory; give a file name such as {config.out / 'results.csv'}")
+    ctx = init_distributed(config.device)
+    try:
+        models = load_models(config, ctx)
+        scans = select_scans(config, models)
+        if not scans:
+            raise DataError("no scans to detect in")
+        folder = findings_dir(config.out)
+        mine = list(range(ctx.rank, len(scans), ctx.world_size))
+        if ctx.is_primary:
+            log.info("Detecting in %d scans (%d process(es)); per-scan JSON%s in %s", len(scans), ctx.world_size,
+                     " and pictures" if config.pictures else "", folder)
+        started = time.perf_counter()
+        done: list[tuple[int, list[list[str]]]] = []
+        for _, index in enumerate_with_estimate(mine, "Detecting", total=len(mine)):
+            uid, path = scans[index]
+            ct, found = detect_scan(models, uid, path, config)
+            found.write_json(folder)
+            if config.pictures and draw is not None:
+                draw(ct, uid, [f for f in found.findings if f.probability > PICTURE_THRESHOLD], folder)
+            del ct
+            done.append((index, found.rows()))
+            log.info("%s: %d findings, %d above 0.5 (%s)", uid, len(found.findings),
+                     sum(f.probability > PICTURE_THRESHOLD for f in found.findings),
+                     ", ".join(f"{k} {v:.1f} s" for k, v in found.seconds.items()))
+        rows = merge_rows(gather_objects(done, ctx))
+        if ctx.is_primary:
+            config.out.parent.mkdir(parents=True, exist_ok=True)
+            write_table(config.out, PREDICTION_COLUMNS, rows)
+            log.info("Detected %d findings in %d scans in %.1f s; wrote %s", len(rows), len(scans),
+                     time.perf_counter() - started, config.out)
+        barrier(ctx)
+        return config.out
+    finally:
+        cleanup_distributed()
+
