@@ -25,7 +25,7 @@ import shutil
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -179,6 +179,21 @@ def _build_job(job: tuple) -> int:
     return len(centers_xyz)
 
 
+def run_jobs(build: Callable[[tuple], object], jobs: Sequence[tuple], num_workers: int, desc: str) -> None:
+    """Run ``build`` on every job, in this process (``num_workers`` 0) or in a pool, with progress.
+
+    One job is one whole scan: a worker takes the next scan only when it is done with the last
+    (chunksize 1), so memory is one scan per worker whatever the number of scans.
+    """
+    if num_workers == 0 or len(jobs) == 1:
+        for _ in enumerate_with_estimate(map(build, jobs), desc, total=len(jobs)):
+            pass
+        return
+    with multiprocessing.get_context().Pool(min(num_workers, len(jobs))) as pool:
+        for _ in enumerate_with_estimate(pool.imap_unordered(build, jobs, chunksize=1), desc, total=len(jobs)):
+            pass
+
+
 def fill_cache(cache: CropCache, series_paths: dict[str, Path],
                centers_by_series: dict[str, Sequence[Sequence[float]]], num_workers: int = 0) -> int:
     """Build every missing or stale entry, one whole scan per job, with a progress report.
@@ -209,16 +224,7 @@ def fill_cache(cache: CropCache, series_paths: dict[str, Path],
                         f"{free / 1e9:.1f} GB are free on that disk; free some space or point --cache-dir "
                         f"at another disk")
     start = time.monotonic()
-    if num_workers == 0 or len(jobs) == 1:
-        results = map(_build_job, jobs)
-        for _ in enumerate_with_estimate(results, "Stuffing cache", total=len(jobs)):
-            pass
-    else:
-        with multiprocessing.get_context().Pool(min(num_workers, len(jobs))) as pool:
-            # chunksize 1: a worker takes the next scan only when it is done with the last.
-            results = pool.imap_unordered(_build_job, jobs, chunksize=1)
-            for _ in enumerate_with_estimate(results, "Stuffing cache", total=len(jobs)):
-                pass
+    run_jobs(_build_job, jobs, num_workers, "Stuffing cache")
     seconds = time.monotonic() - start
     log.info("Cached %d candidates of %d scans in %.1f s (%.0f candidates/s)",
              n_candidates, len(jobs), seconds, n_candidates / max(seconds, 1e-9))

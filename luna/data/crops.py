@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from luna.io.ct import Ct
 from luna.luna16.geometry import IrcTuple

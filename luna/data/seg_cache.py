@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +26,13 @@ from typing import Sequence
 import numpy as np
 
 from luna.atomic import atomic_open
-from luna.data.cache import FREE_SPACE_MARGIN_BYTES, free_bytes, source_stamp
+from luna.data.cache import FREE_SPACE_MARGIN_BYTES, free_bytes, run_jobs, source_stamp
 from luna.data.masks import MASK_HU, nodule_mask
 from luna.data.seg_grid import GridVolume, SegGrid, to_grid
 from luna.errors import DataError, is_disk_full
 from luna.io.ct import Ct
 from luna.luna16.csvfiles import check_series_uid
 from luna.luna16.geometry import XyzTuple
-from luna.progress import enumerate_with_estimate
 
 log = logging.getLogger(__name__)
 
@@ -178,14 +176,6 @@ def fill_seg_cache(cache: SegCache, scans: Sequence[tuple[str, Path, np.ndarray]
         raise DataError(f"segmentation cache {cache.root}: about {needed / 1e9:.1f} GB needed and "
                         f"{free / 1e9:.1f} GB free on that disk; free some space or point --cache-dir at another disk")
     start = time.monotonic()
-    if num_workers == 0 or len(jobs) == 1:
-        results = map(_build_job, jobs)
-        for _ in enumerate_with_estimate(results, "Filling segmentation cache", total=len(jobs)):
-            pass
-    else:
-        with multiprocessing.get_context().Pool(min(num_workers, len(jobs))) as pool:
-            results = pool.imap_unordered(_build_job, jobs, chunksize=1)
-            for _ in enumerate_with_estimate(results, "Filling segmentation cache", total=len(jobs)):
-                pass
+    run_jobs(_build_job, jobs, num_workers, "Filling segmentation cache")
     log.info("Cached %d scans on the segmentation grid in %.1f s", len(jobs), time.monotonic() - start)
     return len(jobs)

@@ -12,7 +12,6 @@ summary row -> ``last.pt`` (and ``best.pt``).
 """
 from __future__ import annotations
 
-import datetime
 import logging
 import math
 import time
@@ -27,19 +26,19 @@ from torch.utils.data import DataLoader, DistributedSampler
 from luna.data.cache import fill_cache
 from luna.data.dataset import LunaDataset
 from luna.data.negatives import HardNegativeMiner, excluded_filter
-from luna.errors import DataError, LunaError
 from luna.eval.metrics import GOAL_PRECISION, RECALL_AT_GOAL_KEY
-from luna.luna16.paths import EXCLUDED_FILE_NAMES, LAST_NAME, RUN_META_NAME, VAL_PREDICTIONS_NAME, find_optional_csv
+from luna.luna16.paths import EXCLUDED_FILE_NAMES, LAST_NAME, VAL_PREDICTIONS_NAME, find_optional_csv
 from luna.models.registry import build_model, count_parameters
 from luna.runtime.checkpoint import CheckpointSaver, load_model_state, make_checkpoint, restore_rng_state
 from luna.runtime.device import StepConfig, prepare_model, resolve_performance
-from luna.runtime.rundir import read_run_meta, write_run_meta
+from luna.runtime.rundir import write_run_meta
 from luna.runtime.distributed import (DistContext, barrier, cleanup_distributed, first_occurrence_mask,
                                       gather_per_sample, init_distributed, seed_everything)
 from luna.train.config import TrainConfig
 from luna.train.engine import METRICS_LOSS_NDX, epoch_metrics, evaluate, train_one_epoch
 from luna.train.recipe import build_optimizer, build_scheduler
 from luna.train.resume import check_resume, load_run_checkpoint
+from luna.train.session import out_of_memory, run_names
 from luna.train.runlog import RunLogger, format_epoch_lines
 from luna.train.validation import ValidationScorer
 
@@ -76,13 +75,10 @@ class ClassifierTrainer:
             barrier(self.ctx)
             return run_dir
         except (torch.OutOfMemoryError, RuntimeError) as exc:
-            # CUDA raises OutOfMemoryError; the CPU allocator a RuntimeError ("can't allocate").
-            if not isinstance(exc, torch.OutOfMemoryError) and "allocate" not in str(exc) \
-                    and "out of memory" not in str(exc):
+            error = out_of_memory(exc, self.ctx.device, self.config.batch_size)
+            if error is None:
                 raise
-            size = self.config.batch_size
-            raise LunaError(f"out of memory on {self.ctx.device} at --batch-size {size}; "
-                            f"try a smaller one, e.g. --batch-size {max(size // 2, 1)}") from exc
+            raise error from exc
         finally:
             cleanup_distributed()
 
@@ -133,7 +129,7 @@ class ClassifierTrainer:
         self.scaler = torch.amp.GradScaler(ctx.device.type) if self.perf.precision == "fp16" else None
         self.miner = HardNegativeMiner(len(self.train_ds.candidates), self.train_ds.neg_ndx, c.hard_negatives) \
             if c.hard_negatives and c.balanced else None
-        tb_dir, run_name, comment = self._run_names()
+        tb_dir, run_name, comment = run_names(c.resume, c.runs_dir, c.tb_prefix, c.comment)
         self.run_dir = c.resume or tb_dir / f"{run_name}-{comment}"
         self.start_epoch, self.samples_seen = 1, 0
         if c.resume:
@@ -175,15 +171,6 @@ class ClassifierTrainer:
         return DataLoader(ds, batch_size=c.batch_size, sampler=sampler, num_workers=c.num_workers,
                           pin_memory=ctx.device.type == "cuda", persistent_workers=False,
                           prefetch_factor=4 if c.num_workers else None)
-
-    def _run_names(self) -> tuple[Path, str, str]:
-        c = self.config
-        if c.resume:
-            meta = read_run_meta(c.resume)
-            if meta is None:  # load_run_checkpoint saw it a moment ago
-                raise DataError(f"--resume {c.resume}: not a luna run directory (no {RUN_META_NAME})")
-            return Path(meta["tb_dir"]), meta["run_name"], meta["comment"]
-        return c.runs_dir / c.tb_prefix, datetime.datetime.now().strftime("%Y-%m-%d_%H.%M.%S"), c.comment
 
     def _restore(self) -> tuple[int, int]:
         """Load the run's ``last.pt`` (read and checked by :meth:`_setup`) into the training state;

@@ -1,6 +1,5 @@
 """Tests for luna.data.crops: the crop rules at the volume's edge and isotropic resampling."""
 import numpy as np
-import pytest
 
 from luna.data.crops import crop_bounds, crop_candidate, crop_volume, resample_volume
 from luna.io.ct import Ct

@@ -9,7 +9,6 @@ from luna.io.metaimage import read_mhd_header
 from luna.io.writers import SCAN_FORMATS
 from luna.luna16.geometry import irc2xyz
 from luna.synth.phantom import generate_scan, make_dataset
-from tests.conftest import write_scan
 
 
 def test_ct_clips_and_reads_in_lps_order(scan):

@@ -88,7 +88,7 @@ def test_two_series_in_one_folder_list_each_and_the_flag(series_dirs, tmp_path):
             shutil.copy(path, folder / f"s{k}-{path.name}")
     first, second = series_dirs["scans"]
     message = one_line_error(folder)
-    assert f"holds 2 DICOM series: " in message and f"pick one with {SERIES_FLAG} UID" in message
+    assert "holds 2 DICOM series: " in message and f"pick one with {SERIES_FLAG} UID" in message
     for scan in (first, second):
         assert f"{scan.uid} ({scan.hu.shape[0]} slices)" in message
     # The uid picks one; the other series' files do not get in.

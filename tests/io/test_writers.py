@@ -1,7 +1,6 @@
 """Tests for luna.io.writers: each format reads back as the same scan; DICOM stores HU + 1024."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
