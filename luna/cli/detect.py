@@ -32,7 +32,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                                        "are grouped into candidates, the classifier scores each; writes a LUNA16 "
                                        "results file (seriesuid,coordX,coordY,coordZ,probability) and a JSON per scan.")
     parser.add_argument("scans", nargs="*", type=Path, metavar="SCAN",
-                        help="scan files (.mhd) to detect in, instead of --data-dir")
+                        help="scans to detect in, instead of --data-dir: .mhd, .mha, .nii, .nii.gz or .nrrd "
+                             "files, or DICOM series folders")
+    parser.add_argument("--series-uid", default=None, metavar="UID",
+                        help="the series to read where a SCAN folder holds several DICOM series")
     parser.add_argument("--segmentation", type=Path, required=True, metavar="RUN",
                         help="a luna train-seg run directory (its best.pt) or checkpoint; required")
     parser.add_argument("--classifier", type=Path, required=True, metavar="RUN",

@@ -1,7 +1,7 @@
 """``luna prepcache``: fill the crop cache before training.
 
-Walks the scans in order; each scan is read once by one worker, which crops all of its
-candidates and writes one cache entry. Memory is about one scan plus its crops per worker,
+Walks the scans in order (under torchrun, each process its share of them); each scan is read
+once by one worker, which crops all of its candidates and writes one cache entry. Memory is about one scan plus its crops per worker,
 whatever the number of scans. Entries already valid are skipped, so an interrupted run resumes.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from luna.data.candidates import get_candidate_info_list
 from luna.data.crops import CropConfig
 from luna.errors import DataError
 from luna.io.scans import find_series_files
+from luna.runtime.distributed import launched_world
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,11 @@ class LunaPrepCacheApp:
                 raise DataError(f"--series {unknown[0]}: no such series with candidates under {args.data_dir}")
             centers = {uid: centers[uid] for uid in args.series}
         cache = CropCache(args.cache_dir, CropConfig(edge=args.crop_edge, voxel_mm=args.crop_mm))
-        return fill_cache(cache, series_paths, centers, args.num_workers)
+        # Under torchrun each process fills its share of the scans; no collective is needed.
+        rank, world_size = launched_world()
+        if world_size > 1:
+            log.info("Process %d of %d: filling every %d-th scan", rank, world_size, world_size)
+        return fill_cache(cache, series_paths, centers, args.num_workers, share=(rank, world_size))
 
 
 if __name__ == "__main__":

@@ -195,7 +195,8 @@ def run_jobs(build: Callable[[tuple], object], jobs: Sequence[tuple], num_worker
 
 
 def fill_cache(cache: CropCache, series_paths: dict[str, Path],
-               centers_by_series: dict[str, Sequence[Sequence[float]]], num_workers: int = 0) -> int:
+               centers_by_series: dict[str, Sequence[Sequence[float]]], num_workers: int = 0,
+               share: tuple[int, int] = (0, 1)) -> int:
     """Build every missing or stale entry, one whole scan per job, with a progress report.
 
     Args:
@@ -205,15 +206,21 @@ def fill_cache(cache: CropCache, series_paths: dict[str, Path],
         num_workers: processes; 0 builds in this process. Each worker holds one scan at a time
             (the scan as read, its clipped int16 copy and that scan's crops), so memory is
             bounded per worker whatever the number of scans.
+        share: ``(rank, world_size)``: this process takes every ``world_size``-th scan (by uid)
+            from the ``rank``-th on, so that processes under torchrun, on one machine or several
+            sharing the cache dir, each fill their own scans; entries are per scan, so no two
+            processes write the same file.
 
     Returns:
         The number of scans built (0 when the cache was already complete).
     """
-    jobs = [(cache, uid, series_paths[uid], centers_by_series[uid]) for uid in sorted(centers_by_series)
+    rank, world_size = share
+    mine = sorted(centers_by_series)[rank::world_size]
+    jobs = [(cache, uid, series_paths[uid], centers_by_series[uid]) for uid in mine
             if not cache.is_valid(uid, series_paths[uid], centers_by_series[uid])]
     n_candidates = sum(len(job[3]) for job in jobs)
     log.info("%d of %d scans already cached; filling %d scans (%d candidates) into %s",
-             len(centers_by_series) - len(jobs), len(centers_by_series), len(jobs), n_candidates, cache.root)
+             len(mine) - len(jobs), len(mine), len(jobs), n_candidates, cache.root)
     if not jobs:
         return 0
     # Fail before minutes of work rather than with a full disk half-way through.

@@ -39,7 +39,8 @@ from luna.infer.predict import PredictConfig, crop_of_checkpoint, default_split,
 from luna.infer.scoring import score_scan
 from luna.infer.segmentation import segment_volume
 from luna.io.ct import Ct
-from luna.io.scans import find_series_files
+from luna.io.dicom import list_series, pick_series
+from luna.io.scans import find_series_files, scan_uid
 from luna.luna16.candidates import split_series
 from luna.luna16.csvfiles import PREDICTION_COLUMNS, check_series_uid, read_annotations, write_table
 from luna.luna16.paths import ANNOTATION_FILE_NAMES, default_data_dir, find_optional_csv, findings_dir
@@ -71,6 +72,7 @@ class DetectConfig:
     out: Path
     data_dir: Path | None = None
     scans: list[Path] | None = None
+    series_uid: str | None = None
     split: str | None = None
     pictures: bool = False
     max_candidates: int = MAX_CANDIDATES
@@ -101,9 +103,13 @@ def read_scan(path: Path, series_uid: str | None = None) -> Ct:
     return Ct(path, series_uid)
 
 
-def series_uid_of(path: Path) -> str:
-    """A scan's series uid from its file name (the name without its extension)."""
-    return check_series_uid(Path(path).stem, str(path))
+def series_uid_of(path: Path, series_uid: str | None = None) -> str:
+    """A scan's series uid: a DICOM folder's SeriesInstanceUID (``series_uid`` picks one of
+    several), else the file name without its extension (``.nii.gz`` as one)."""
+    path = Path(path)
+    if path.is_dir():
+        return pick_series(path, list_series(path), series_uid)
+    return check_series_uid(scan_uid(path), str(path))
 
 
 def _load(path: Path, kind: str, flag: str) -> tuple[Path, dict[str, Any], nn.Module]:
@@ -144,7 +150,7 @@ def select_scans(config: DetectConfig, models: Models) -> list[tuple[str, Path]]
             raise UsageError("give scan files or --data-dir, not both")
         if config.split not in (None, "all"):
             raise UsageError("--split picks scans of a data dir; it does not go with scan files")
-        scans = [(series_uid_of(path), Path(path)) for path in config.scans]
+        scans = [(series_uid_of(path, config.series_uid), Path(path)) for path in config.scans]
         uids = [uid for uid, _ in scans]
         if len(set(uids)) != len(uids):
             raise UsageError(f"two scan files have the same series uid {sorted(u for u in uids if uids.count(u) > 1)[0]}")

@@ -88,7 +88,7 @@ def merge_rows(per_rank: Iterable[list[tuple[int, list[list[str]]]]]) -> list[li
     by_scan = sorted((index, rows) for part in per_rank for index, rows in part)
     indices = [index for index, _ in by_scan]
     if len(set(indices)) != len(indices):
-        raise ValueError(f"a scan was detected twice: scan indices {indices}")
+        raise ValueError(f"a scan was done by two processes: scan indices {indices}")
     return [row for _, rows in by_scan for row in rows]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator, Sequence
 
 import numpy as np
+import torch
 from torch import nn
 
 from luna.data.candidates import get_candidate_info_list
@@ -25,6 +26,7 @@ from luna.data.crops import CropConfig
 from luna.errors import DataError, UsageError
 from luna.eval.suppression import NMS_RADIUS_MM, suppress_neighbours
 from luna.infer.exported import exported_format, load_exported
+from luna.infer.findings import merge_rows
 from luna.infer.scoring import ScanJob, iter_scan_scores
 from luna.io.scans import find_series_files
 from luna.luna16.candidates import CandidateInfo, split_candidates
@@ -32,10 +34,11 @@ from luna.luna16.csvfiles import PREDICTION_COLUMNS, prediction_rows, write_tabl
 from luna.luna16.geometry import XyzTuple
 from luna.luna16.paths import ANNOTATION_FILE_NAMES, default_data_dir, find_optional_csv, predictions_name
 from luna.luna16.sample import CROP_SHAPE_IRC
-from luna.models.views import DEFAULT_VIEW_COUNT
+from luna.models.views import DEFAULT_VIEW_COUNT, DEFAULT_VIEWS_TOP
 from luna.progress import enumerate_with_estimate
 from luna.runtime.checkpoint import load_checkpoint, load_model, resolve_checkpoint_path
 from luna.runtime.device import StepConfig, prepare_model, resolve_device, resolve_performance
+from luna.runtime.distributed import DistContext, barrier, cleanup_distributed, gather_objects, init_distributed
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ class PredictConfig:
     out: Path | None = None
     batch_size: int = 64
     tta_views: int = DEFAULT_VIEW_COUNT
+    tta_top: int = DEFAULT_VIEWS_TOP
     nms_mm: float = NMS_RADIUS_MM
     device: str = "auto"
     precision: str = "auto"
@@ -203,12 +207,11 @@ class ScoringModel:
     described: str  # for the log: where it came from and how it runs
 
 
-def checkpoint_model(ckpt_path: Path, config: PredictConfig) -> ScoringModel:
-    """A checkpoint's network on the configured device and precision, cropping as it was trained."""
+def checkpoint_model(ckpt_path: Path, config: PredictConfig, device: torch.device) -> ScoringModel:
+    """A checkpoint's network on ``device`` and the configured precision, cropping as it was trained."""
     ckpt = load_checkpoint(ckpt_path)
     model = load_model(ckpt_path, ckpt)
     train_args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
-    device = resolve_device(config.device)
     perf = resolve_performance(config.precision, config.channels_last, device)
     model = prepare_model(model, device, perf.channels_last).eval()
     return ScoringModel(model, StepConfig(device, perf.precision, perf.channels_last),
@@ -230,12 +233,26 @@ def exported_model(path: Path, model_format: str, config: PredictConfig) -> Scor
                         f"on {exported.input_device}, fp32")
 
 
-def predict(config: PredictConfig) -> Path:
-    """Score the selected candidates and write the results file; return its path."""
+def predict(config: PredictConfig, share_out: bool = True) -> Path:
+    """Score the selected candidates and write the results file; return its path.
+
+    Under ``torchrun`` (and ``share_out``) each process scores every N-th scan and rank 0 writes
+    the one results file, row for row the file of a single process. A caller that runs this in
+    one process of a torchrun job (cross-validation's rank 0) passes ``share_out=False``.
+    """
+    ctx = init_distributed(config.device) if share_out else DistContext(device=resolve_device(config.device))
+    try:
+        return _predict(config, ctx)
+    finally:
+        if share_out:
+            cleanup_distributed()
+
+
+def _predict(config: PredictConfig, ctx: DistContext) -> Path:
     ckpt_path = resolve_checkpoint_path(config.checkpoint)
     model_format = exported_format(ckpt_path)
     scoring = exported_model(ckpt_path, model_format, config) if model_format else \
-        checkpoint_model(ckpt_path, config)
+        checkpoint_model(ckpt_path, config, ctx.device)
     selection = select_jobs(config, scoring.train_args)
     out = config.out or ckpt_path.parent / predictions_name(selection.split)
     if out.is_dir():
@@ -243,22 +260,28 @@ def predict(config: PredictConfig) -> Path:
     crop = scoring.crop
     if config.tta_views == 8 and crop.shape_irc[1] != crop.shape_irc[2]:
         raise UsageError(f"--tta-views 8 needs square crops, the model takes {crop.shape_irc}; use 4")
-    log.info("Scoring %d candidates of %d scans (%s split, val_stride=%d, split=%s) with %s, crop edge %s, "
-             "voxels %s, %d view(s), NMS radius %g mm",
-             selection.n_candidates, len(selection.jobs), selection.split, selection.val_stride,
-             selection.split_mode, scoring.described, crop.edge,
-             f"{crop.voxel_mm:g} mm" if crop.voxel_mm else "as scanned", config.tta_views, config.nms_mm)
+    if ctx.is_primary:
+        log.info("Scoring %d candidates of %d scans (%s split, val_stride=%d, split=%s; %d process(es)) with %s, "
+                 "crop edge %s, voxels %s, %d view(s)%s, NMS radius %g mm",
+                 selection.n_candidates, len(selection.jobs), selection.split, selection.val_stride,
+                 selection.split_mode, ctx.world_size, scoring.described, crop.edge,
+                 f"{crop.voxel_mm:g} mm" if crop.voxel_mm else "as scanned", config.tta_views,
+                 f" for the best {config.tta_top} of each scan by one view"
+                 if config.tta_views > 1 and config.tta_top else "", config.nms_mm)
 
     # Scan by scan, then one atomic write: an error half-way leaves no file, or the old one.
-    out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    jobs = selection.jobs
-    scored = iter_scan_scores(scoring.model, jobs, scoring.step_cfg, config.batch_size, crop, config.tta_views,
-                              config.prefetch)
-    progress = (item for _, item in enumerate_with_estimate(scored, "Scoring", total=len(jobs)))
-    rows = list(result_rows(progress, config.nms_mm))
-    write_table(out, PREDICTION_COLUMNS, rows)
-    seconds = time.perf_counter() - started
-    log.info("Scored %d scans, %d candidates in %.1f s (%.1f candidates/s); wrote %s",
-             len(jobs), len(rows), seconds, len(rows) / max(seconds, 1e-9), out)
+    mine = list(range(ctx.rank, len(selection.jobs), ctx.world_size))
+    scored = iter_scan_scores(scoring.model, [selection.jobs[i] for i in mine], scoring.step_cfg, config.batch_size,
+                              crop, config.tta_views, config.tta_top, config.prefetch)
+    progress = (item for _, item in enumerate_with_estimate(scored, "Scoring", total=len(mine)))
+    done = [(index, list(result_rows([item], config.nms_mm))) for index, item in zip(mine, progress)]
+    rows = merge_rows(gather_objects(done, ctx))
+    if ctx.is_primary:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_table(out, PREDICTION_COLUMNS, rows)
+        seconds = time.perf_counter() - started
+        log.info("Scored %d scans, %d candidates in %.1f s (%.1f candidates/s); wrote %s",
+                 len(selection.jobs), len(rows), seconds, len(rows) / max(seconds, 1e-9), out)
+    barrier(ctx)
     return out

@@ -52,7 +52,8 @@ def crops_to_batch(crops_irc: np.ndarray, step_cfg: StepConfig) -> torch.Tensor:
 
 @torch.inference_mode()
 def score_scan(model: nn.Module, ct: Ct, centers_xyz: Sequence[Sequence[float]], step_cfg: StepConfig,
-               batch_size: int = 64, crop: CropConfig = CropConfig(), views: int = 1) -> np.ndarray:
+               batch_size: int = 64, crop: CropConfig = CropConfig(), views: int = 1,
+               views_top: int = 0) -> np.ndarray:
     """Nodule probability of each candidate of one scan.
 
     Args:
@@ -65,6 +66,11 @@ def score_scan(model: nn.Module, ct: Ct, centers_xyz: Sequence[Sequence[float]],
         batch_size: crops per forward pass.
         crop: crop size and rule at the volume's edge that the model was trained with.
         views: in-plane symmetric views averaged per candidate (see :func:`luna.models.views.predict_views`).
+        views_top: when > 0 (and ``views`` > 1), every candidate is first scored at one view and
+            only the ``views_top`` best of the scan are scored again with all ``views``; the
+            others keep their one-view score. A scan has about a thousand candidates and the
+            FROC up to 8 false positives per scan reads only its best-scored few dozen, so the
+            views are spent where they can change the ranking (docs/results.md measures it).
 
     Returns:
         float32 array (len(centers_xyz),) of probabilities in [0, 1], in the order given.
@@ -76,6 +82,18 @@ def score_scan(model: nn.Module, ct: Ct, centers_xyz: Sequence[Sequence[float]],
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval()
     cropper = Cropper(ct, crop)
+    if views == 1 or not 0 < views_top < len(centers_xyz):
+        return _score_crops(model, cropper, centers_xyz, step_cfg, batch_size, views)
+    probabilities = _score_crops(model, cropper, centers_xyz, step_cfg, batch_size, 1)
+    # Stable order, so that ties at the cut are broken the same way on every run.
+    top = np.argsort(-probabilities, kind="stable")[:views_top]
+    probabilities[top] = _score_crops(model, cropper, [centers_xyz[i] for i in top], step_cfg, batch_size, views)
+    return probabilities
+
+
+def _score_crops(model: nn.Module, cropper: Cropper, centers_xyz: Sequence[Sequence[float]], step_cfg: StepConfig,
+                 batch_size: int, views: int) -> np.ndarray:
+    """Probabilities of the candidates at ``centers_xyz``, ``batch_size`` crops at a time."""
     probabilities = np.empty(len(centers_xyz), dtype=np.float32)
     crops = np.empty((min(batch_size, len(centers_xyz)), *cropper.shape_irc), dtype=np.int16)
     for start in range(0, len(centers_xyz), batch_size):
@@ -95,12 +113,12 @@ def _read_ct(job: ScanJob) -> Ct:
 
 
 def iter_scan_scores(model: nn.Module, jobs: Sequence[ScanJob], step_cfg: StepConfig, batch_size: int = 64,
-                     crop: CropConfig = CropConfig(), views: int = 1,
+                     crop: CropConfig = CropConfig(), views: int = 1, views_top: int = 0,
                      prefetch: bool = True) -> Iterator[tuple[ScanJob, np.ndarray]]:
     """Score scan after scan, yielding ``(job, probabilities)`` in the order of ``jobs``.
 
     Args:
-        model, step_cfg, batch_size, crop, views: as for :func:`score_scan`.
+        model, step_cfg, batch_size, crop, views, views_top: as for :func:`score_scan`.
         jobs: the scans and their candidates.
         prefetch: read the next scan in a background thread while this one is scored. Reading
             (SimpleITK, then clipping) and the model both spend most of their time outside
@@ -115,7 +133,7 @@ def iter_scan_scores(model: nn.Module, jobs: Sequence[ScanJob], step_cfg: StepCo
     """
     if not prefetch:
         for job in jobs:
-            yield job, score_scan(model, _read_ct(job), job.centers_xyz, step_cfg, batch_size, crop, views)
+            yield job, score_scan(model, _read_ct(job), job.centers_xyz, step_cfg, batch_size, crop, views, views_top)
         return
     if not jobs:
         return
@@ -126,6 +144,6 @@ def iter_scan_scores(model: nn.Module, jobs: Sequence[ScanJob], step_cfg: StepCo
             ct = pending.result()
             if ndx + 1 < len(jobs):
                 pending = pool.submit(_read_ct, jobs[ndx + 1])
-            probabilities = score_scan(model, ct, job.centers_xyz, step_cfg, batch_size, crop, views)
+            probabilities = score_scan(model, ct, job.centers_xyz, step_cfg, batch_size, crop, views, views_top)
             del ct  # the reader may already be filling the next one
             yield job, probabilities

@@ -17,6 +17,9 @@ VIEWS = ((False, False, False), (False, True, True), (False, True, False), (Fals
 VIEW_COUNTS = (1, 2, 4, 8)
 # luna predict's default: all eight (docs/results.md measures what they add).
 DEFAULT_VIEW_COUNT = 8
+# ...for the best 100 candidates of each scan by one view; the rest keep their one-view score
+# (luna.infer.scoring.score_scan says why, docs/results.md measures it). 0 = every candidate.
+DEFAULT_VIEWS_TOP = 100
 
 
 def predict_views(model: nn.Module, x: torch.Tensor, views: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -183,7 +183,7 @@ def run_fold(config: CrossvalConfig, plan: FoldPlan, fold: int) -> None:
     predict(PredictConfig(checkpoint=run_dir, data_dir=c.data_dir, candidates=c.candidates,
                           annotations=c.annotations, split="val", out=results, tta_views=config.tta_views,
                           nms_mm=config.nms_mm, device=c.device, precision=c.precision,
-                          channels_last=c.channels_last))
+                          channels_last=c.channels_last), share_out=False)
 
 
 @dataclass

@@ -183,3 +183,22 @@ def test_an_unwritable_cache_dir_for_real(tiny_luna, tmp_path, capsys):
     code = run_app(LunaPrepCacheApp, ["--data-dir", str(tiny_luna["root"]), "--cache-dir", str(cache_dir),
                                       "--num-workers", "0"], prog="luna prepcache")
     assert code == 1 and _error_line(capsys).endswith(": permission denied")
+
+
+def test_two_torchrun_processes_share_the_scans_and_fill_the_same_cache(tiny_luna, tmp_path):
+    root = tiny_luna["root"]
+    argv = ["prepcache", "--data-dir", str(root), "--num-workers", "0"]
+    single = [sys.executable, "-m", "luna", *argv, "--cache-dir", str(tmp_path / "single")]
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "luna",
+           *argv, "--cache-dir", str(tmp_path / "ddp")]
+    for cmd in (single, ddp):
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    # 4 scans: each process fills its own 2, and the entries are those of one process, byte for byte.
+    assert result.stderr.count("0 of 2 scans already cached; filling 2 scans") == 2, result.stderr[-3000:]
+    assert all(_all_valid(root, tmp_path / "ddp").values())
+    single_files = sorted(p.relative_to(tmp_path / "single") for p in (tmp_path / "single").rglob("*.npy"))
+    assert single_files and single_files == sorted(p.relative_to(tmp_path / "ddp")
+                                                   for p in (tmp_path / "ddp").rglob("*.npy"))
+    for rel in single_files:
+        assert (tmp_path / "single" / rel).read_bytes() == (tmp_path / "ddp" / rel).read_bytes()

@@ -59,7 +59,7 @@ def test_merge_puts_rows_in_scan_order_whichever_process_did_the_scan():
     rank1 = [(1, []), (3, [["d", "1"]])]
     assert merge_rows([rank0, rank1]) == [["a", "1"], ["c", "1"], ["c", "2"], ["d", "1"]]
     assert merge_rows([rank1, rank0]) == merge_rows([rank0, rank1])
-    with pytest.raises(ValueError, match="detected twice"):
+    with pytest.raises(ValueError, match="done by two processes"):
         merge_rows([rank0, rank0])
 
 
@@ -95,6 +95,49 @@ def test_scan_files_instead_of_a_data_dir(data, runs, tmp_path):
         LunaDetectApp(["--segmentation", str(runs[1]), "--classifier", str(runs[1]), "--out",
                        str(tmp_path / "x.csv"), str(scan)]).main()
     assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.parametrize("as_files", [False, True], ids=["data-dir", "scan-args"])
+def test_the_same_scans_as_metaimage_nifti_and_dicom_give_the_same_findings(runs, tmp_path, as_files):
+    # Seed 7's second scan is stored with every axis reversed: the readers must agree on it too.
+    results = {}
+    for fmt in ("mhd", "nifti", "dicom"):
+        root = make_dataset(tmp_path / fmt, n_series=2, seed=7, size="tiny", scan_format=fmt).out_dir
+        if as_files:
+            scans = sorted(p for p in root.glob("subset*/*") if p.suffix != ".raw")
+            argv = _argv(runs, tmp_path / f"{fmt}.csv", *map(str, scans))
+        else:
+            argv = _argv(runs, tmp_path / f"{fmt}.csv", "--data-dir", str(root))
+        results[fmt] = read_predictions(LunaDetectApp(argv).main())
+    reference = results["mhd"]
+    assert len(set(reference.series_uids)) == 2 and len(reference.series_uids) >= 4
+    for fmt, got in results.items():
+        assert got.series_uids.tolist() == reference.series_uids.tolist(), fmt
+        np.testing.assert_allclose(got.centers_xyz, reference.centers_xyz, atol=0.5, err_msg=fmt)
+        np.testing.assert_allclose(got.probabilities, reference.probabilities, atol=1e-3, err_msg=fmt)
+
+
+def test_a_folder_of_two_dicom_series_names_both_and_series_uid_picks_one(runs, tmp_path, capsys):
+    import shutil
+    from luna.cli.common import run_app
+    root = make_dataset(tmp_path / "dicom", n_series=2, seed=7, size="tiny", scan_format="dicom").out_dir
+    folders = sorted(p for p in root.glob("subset*/*") if p.is_dir())
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for k, folder in enumerate(folders):
+        for path in folder.iterdir():
+            shutil.copy(path, mixed / f"s{k}-{path.name}")
+    out = tmp_path / "d.csv"
+    assert run_app(LunaDetectApp, _argv(runs, out, str(mixed)), prog="luna detect") == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("luna detect: error")]
+    assert len(errors) == 1, errors
+    err = errors[0]
+    assert "holds 2 DICOM series: " in err and "--series-uid UID" in err, err
+    assert all(f"{folder.name} (" in err for folder in folders) and not out.exists()
+    picked = folders[1].name
+    assert run_app(LunaDetectApp, _argv(runs, out, str(mixed), "--series-uid", picked), prog="luna detect") == 0
+    alone = LunaDetectApp(_argv(runs, tmp_path / "alone.csv", str(folders[1]))).main()
+    assert out.read_text() == alone.read_text() and set(read_predictions(out).series_uids) == {picked}
 
 
 def test_two_torchrun_processes_write_the_single_process_file(data, runs, tmp_path):

@@ -339,3 +339,21 @@ def test_compare_views_script_reproduces_the_eight_view_score(setup, tmp_path):
                             "--predictions", str(out)], capture_output=True, text=True, timeout=300)
     assert wrong.returncode == 1 and len(wrong.stderr.strip().splitlines()) == 1
     assert str(out) in wrong.stderr and "not in" in wrong.stderr
+
+
+def test_two_torchrun_processes_write_the_single_process_file(setup, tmp_path):
+    # One thread per process, so that both runs compute alike to the last bit.
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    argv = ["predict", "--checkpoint", str(setup["ckpt"]), "--split", "all", "--device", "cpu"]
+    single = [sys.executable, "-m", "luna", *argv, "--out", str(tmp_path / "single.csv")]
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "luna",
+           *argv, "--out", str(tmp_path / "ddp.csv")]
+    for cmd in (single, ddp):
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert "of 4 scans (all split, val_stride=2, split=scan; 2 process(es))" in result.stderr
+    assert (tmp_path / "ddp.csv").read_text() == (tmp_path / "single.csv").read_text()
+    assert len(read_predictions(tmp_path / "ddp.csv").series_uids) == len(setup["data"]["candidates"])

@@ -113,3 +113,22 @@ def test_unreadable_scan_raises_on_its_turn(tmp_path, prefetch):
     assert first_job is jobs[0] and first.shape == (len(jobs[0].centers_xyz),)
     with pytest.raises(DataError, match=r"\.raw is missing"):
         next(scored)
+
+
+@pytest.mark.parametrize("views_top", [1, 3])
+def test_views_go_to_the_best_candidates_by_one_view(data, views_top):
+    # CROP's rows and columns are equal, so all 8 views apply.
+    model = make_spread_model(crop_shape_irc=CROP_IRC)
+    job = scan_jobs(data)[0]
+    ct = Ct(job.scan_path)
+    one_view = score_scan(model, ct, job.centers_xyz, CPU_FP32, crop=CROP, views=1)
+    all_views = score_scan(model, ct, job.centers_xyz, CPU_FP32, crop=CROP, views=8)
+    assert np.abs(one_view - all_views).max() > 1e-4, "the views must change the scores, or this proves nothing"
+    got = score_scan(model, ct, job.centers_xyz, CPU_FP32, crop=CROP, views=8, views_top=views_top)
+    top = np.argsort(-one_view, kind="stable")[:views_top]
+    rest = np.setdiff1d(np.arange(len(one_view)), top)
+    np.testing.assert_allclose(got[top], all_views[top], atol=1e-6)
+    np.testing.assert_allclose(got[rest], one_view[rest], atol=1e-6)
+    # As many as the scan has, or more: every candidate gets every view.
+    np.testing.assert_allclose(score_scan(model, ct, job.centers_xyz, CPU_FP32, crop=CROP, views=8,
+                                          views_top=len(one_view)), all_views, atol=1e-6)
