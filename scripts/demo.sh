@@ -9,18 +9,26 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 luna() { .venv/bin/luna "$@"; }
 
-DATA=${LUNA_DEMO_DATA:-data/synth}
+# LUNA_DEMO_QUICK=1: a first look in a few minutes. Every step runs and every table and the
+# report are written, on 8 scans (2 held out) with short trainings, so its figures are far
+# below the full run's: it shows what luna does, not how well.
+if [ -n "${LUNA_DEMO_QUICK:-}" ]; then
+  NAME=quick DEFAULT_DATA=data/quick SERIES=8 DEFAULT_EPOCHS=2 DEFAULT_EPOCH_SIZE=2000 SEG_FLAGS="--epochs 1 --epoch-size 1000"
+else
+  NAME=demo DEFAULT_DATA=data/synth SERIES=32 DEFAULT_EPOCHS=5 DEFAULT_EPOCH_SIZE=10000 SEG_FLAGS=""
+fi
+DATA=${LUNA_DEMO_DATA:-$DEFAULT_DATA}
 CACHE=${LUNA_CACHE_DIR:-cache}
-EPOCHS=${LUNA_DEMO_EPOCHS:-5}
-EPOCH_SIZE=${LUNA_DEMO_EPOCH_SIZE:-10000}
+EPOCHS=${LUNA_DEMO_EPOCHS:-$DEFAULT_EPOCHS}
+EPOCH_SIZE=${LUNA_DEMO_EPOCH_SIZE:-$DEFAULT_EPOCH_SIZE}
 
 if [ ! -f "$DATA/candidates.csv" ]; then
-  luna synth --out "$DATA" --series 32 --seed 0
+  luna synth --out "$DATA" --series "$SERIES" --seed 0
 fi
 luna prepcache --data-dir "$DATA" --cache-dir "$CACHE" --num-workers 2
 luna train --data-dir "$DATA" --cache-dir "$CACHE" --val-stride 4 --epochs "$EPOCHS" \
-  --epoch-size "$EPOCH_SIZE" --num-workers 2 demo
-RUN=$(ls -td runs/luna/*_??.??.??-demo | head -n 1)
+  --epoch-size "$EPOCH_SIZE" --num-workers 2 "$NAME"
+RUN=$(ls -td runs/luna/*_??.??.??-"$NAME" | head -n 1)
 luna predict --checkpoint "$RUN" --data-dir "$DATA" --split val --out "$RUN/predictions_val.csv"
 # The predictions file lists exactly the held-out scans: use it as the series list.
 luna evaluate --predictions "$RUN/predictions_val.csv" --annotations "$DATA/annotations.csv" \
@@ -29,8 +37,9 @@ luna evaluate --predictions "$RUN/predictions_val.csv" --annotations "$DATA/anno
 
 # The detection track: a segmentation model trained on the same training scans (the same
 # --val-stride holds out the same scans), then scan -> findings on the held-out scans.
-luna train-seg --data-dir "$DATA" --cache-dir "$CACHE" --val-stride 4 --num-workers 2 demo
-SEG=$(ls -td runs/seg/*_??.??.??-demo | head -n 1)
+# shellcheck disable=SC2086  # SEG_FLAGS is a list of flags
+luna train-seg --data-dir "$DATA" --cache-dir "$CACHE" --val-stride 4 --num-workers 2 $SEG_FLAGS "$NAME"
+SEG=$(ls -td runs/seg/*_??.??.??-"$NAME" | head -n 1)
 luna detect --segmentation "$SEG" --classifier "$RUN" --data-dir "$DATA" --split val \
   --out "$RUN/detections_val.csv"
 # Scans without a finding must still count their nodules as missed: the series list is the
