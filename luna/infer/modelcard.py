@@ -28,7 +28,7 @@ from luna.atomic import write_text_atomic
 from luna.data.crops import CropConfig
 from luna.errors import DataError
 from luna.eval.suppression import NMS_RADIUS_MM, SUPPRESSED_SCALE
-from luna.models.views import VIEWS
+from luna.models.views import DEFAULT_VIEWS_TOP, VIEWS
 
 CARD_FORMAT = "luna-model-card"
 CARD_VERSION = 1
@@ -82,6 +82,10 @@ def _prediction_section(tta_views: int, nms_mm: float) -> dict[str, Any]:
         "views": [{"transpose_rc": t, "flip_r": r, "flip_c": c} for t, r, c in VIEWS[:tta_views]],
         "how_views_combine": "the model runs on each view of a crop; the mean of the views' logits goes "
                              "through a softmax (done outside the model file)",
+        "views_for_best_per_scan": DEFAULT_VIEWS_TOP,
+        "which_candidates_get_the_views": "every candidate is scored at one view; the views_for_best_per_scan "
+                                          "best of each scan by that score get all tta_views, the others keep "
+                                          "their one-view score (0: every candidate gets every view)",
         "nms_mm": nms_mm,
         "suppressed_scale": SUPPRESSED_SCALE,
         "suppression": "per scan, from the highest probability down, a candidate closer than nms_mm to a kept "

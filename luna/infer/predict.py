@@ -269,7 +269,10 @@ def _predict(config: PredictConfig, ctx: DistContext) -> Path:
                  f" for the best {config.tta_top} of each scan by one view"
                  if config.tta_views > 1 and config.tta_top else "", config.nms_mm)
 
-    # Scan by scan, then one atomic write: an error half-way leaves no file, or the old one.
+    # Scan by scan, then one atomic write: an error half-way leaves no file, or the old one. The
+    # folder is made first, so that a path that cannot be written fails before minutes of work.
+    if ctx.is_primary:
+        out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     mine = list(range(ctx.rank, len(selection.jobs), ctx.world_size))
     scored = iter_scan_scores(scoring.model, [selection.jobs[i] for i in mine], scoring.step_cfg, config.batch_size,
@@ -278,7 +281,6 @@ def _predict(config: PredictConfig, ctx: DistContext) -> Path:
     done = [(index, list(result_rows([item], config.nms_mm))) for index, item in zip(mine, progress)]
     rows = merge_rows(gather_objects(done, ctx))
     if ctx.is_primary:
-        out.parent.mkdir(parents=True, exist_ok=True)
         write_table(out, PREDICTION_COLUMNS, rows)
         seconds = time.perf_counter() - started
         log.info("Scored %d scans, %d candidates in %.1f s (%.1f candidates/s); wrote %s",

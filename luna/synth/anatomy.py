@@ -21,6 +21,10 @@ from scipy import ndimage
 from luna.synth.findings import _Findings
 from luna.synth.paint import _box, _in_mask, _perpendicular, _unit, paint_tubes
 
+# The scanner's blur (z, y, x) in voxels, applied to anatomy and noise alike; an acquisition
+# (:mod:`luna.synth.acquisition`) may widen it along z (thick slices) or change it in-plane (kernel).
+BLUR_SIGMA_VOX = (0.7, 0.6, 0.6)
+
 
 @dataclass(frozen=True)
 class SizeSpec:
@@ -38,6 +42,7 @@ class SizeSpec:
     nodules_per_scan: tuple[int, int]
     negatives_per_positive: int
     square: bool = False
+    diameter_log_sd: float = 0.45   # spread of nodule diameters around the median (log-normal)
 
 
 class _Chest(_Findings):
@@ -280,8 +285,17 @@ class _Chest(_Findings):
         return path[hits[0]] if len(hits) else None
 
     # --- texture, partial volume and noise
-    def finish(self) -> np.ndarray:
-        """Lung texture, correlated scanner noise, partial-volume blur; returns int16 HU."""
+    def finish(self, blur_sigma_vox: tuple[float, float, float] = BLUR_SIGMA_VOX, noise_factor: float = 1.0,
+               hu_offset: float = 0.0) -> np.ndarray:
+        """Lung texture, correlated scanner noise, partial-volume blur; returns int16 HU.
+
+        Args:
+            blur_sigma_vox: the reconstruction's blur (z, y, x) in voxels: slice profile and kernel.
+            noise_factor: noise standard deviation relative to the scan's drawn one.
+            hu_offset: calibration error added to every measured voxel (HU).
+
+        The defaults are today's scans, unchanged: they draw nothing more from ``rng``.
+        """
         rng = self.rng
         nz = [np.flatnonzero(self.lung.any(axis=tuple(k for k in range(3) if k != ax))) for ax in range(3)]
         if all(len(v) for v in nz):
@@ -296,19 +310,20 @@ class _Chest(_Findings):
             np.add(self.vol[box], lumps, out=self.vol[box], where=self.lung[box])
         # White noise blurred by the same kernel as the anatomy is correlated like real CT noise;
         # the gain of the kernel is divided out so the final standard deviation is what we chose.
-        sigma_vox = (0.7, 0.6, 0.6)
         gain = 1.0
-        for sig in sigma_vox:
+        for sig in blur_sigma_vox:
             impulse = np.zeros(31)
             impulse[15] = 1
             gain *= float(np.sqrt((ndimage.gaussian_filter1d(impulse, sig) ** 2).sum()))
         sd_tissue, sd_lung = rng.uniform(10, 30), rng.uniform(20, 60)
         noise = rng.standard_normal(self.shape, dtype=np.float32)
-        noise *= np.float32(sd_tissue / gain)
+        noise *= np.float32(noise_factor * sd_tissue / gain)
         np.multiply(noise, np.float32(np.hypot(sd_tissue, sd_lung) / sd_tissue), out=noise, where=self.lung)
         self.vol += noise
         del noise
-        ndimage.gaussian_filter(self.vol, sigma_vox, output=self.vol)
+        ndimage.gaussian_filter(self.vol, blur_sigma_vox, output=self.vol)
+        if hu_offset:
+            self.vol += np.float32(hu_offset)   # before the fill below: that is a stored constant
         if rng.random() < 0.4:
             # Many scanners store a fixed value outside the circular reconstruction field.
             radius = min(self.extent[1], self.extent[2]) / 2

@@ -89,7 +89,7 @@ class _Findings:
         kinds = rng.choice(list(NODULE_KINDS), size=count, p=list(NODULE_KINDS.values()))
         placed: list[tuple[np.ndarray, float, str]] = []
         for kind in kinds:
-            diameter = spec.diameter_median_mm * np.exp(0.45 * rng.standard_normal())
+            diameter = spec.diameter_median_mm * np.exp(spec.diameter_log_sd * rng.standard_normal())
             if kind in ("ground_glass", "part_solid"):
                 diameter *= 1.3
             diameter = float(np.clip(diameter, *spec.diameter_range_mm))

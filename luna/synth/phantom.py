@@ -35,14 +35,19 @@ byte-identical files; scan ``i`` depends only on ``(seed, i)``. ``scan_format`` 
 ``<uid>.nii.gz`` instead, "dicom" a folder ``<uid>/`` of one CT file per slice (HU through the
 rescale tags); the voxels, geometry and CSVs are the same in each.
 
+``acquisition`` "varied" draws each scan's slice spacing and thickness, pixel, kernel and HU
+calibration from wide ranges, "shifted" makes thick-slice, sharp-kernel scans for a held-out
+test; both write ``acquisition.csv`` too (see :mod:`luna.synth.acquisition`). The default
+draws nothing more: its files are byte-identical to those made before the option existed.
+
 Internally everything is built in a canonical array (index = feet->head, row =
 anterior->posterior, column = right->left) with positions in "local" millimetres
 ``(z, y, x)`` from voxel 0; flipped directions are applied only when storing.
 
 Modules: this one is the public API, the size table and writing data sets; one scan's voxels
 are built by :mod:`luna.synth.anatomy` (body, lungs, bones, vessels, noise) with
-:mod:`luna.synth.findings` (nodules, candidates), both painting with :mod:`luna.synth.paint`.
-Imports point only that way.
+:mod:`luna.synth.findings` (nodules, candidates), both painting with :mod:`luna.synth.paint`;
+:mod:`luna.synth.acquisition` draws a non-default acquisition. Imports point only that way.
 """
 from __future__ import annotations
 
@@ -62,6 +67,7 @@ from luna.errors import UsageError
 from luna.io.writers import SCAN_FORMATS, scan_name, write_image
 from luna.luna16.csvfiles import ANNOTATION_COLUMNS, CANDIDATE_COLUMNS, write_table
 from luna.luna16.geometry import XyzTuple, irc2xyz
+from luna.synth.acquisition import ACQUISITION_CSV, ScanAcquisition, acquisition_rng, find_preset, write_acquisition_csv
 from luna.synth.anatomy import SizeSpec, _Chest
 
 log = logging.getLogger(__name__)
@@ -114,6 +120,7 @@ class SynthScan:
     nodules: list[Finding]
     excluded: list[Finding]
     candidates: list[Candidate]
+    acquisition: ScanAcquisition | None = None   # None: the default acquisition
 
 
 @dataclass
@@ -132,6 +139,7 @@ class SynthSummary:
     candidates_csv: Path
     excluded_csv: Path
     scan_paths: list[Path] = field(default_factory=list)
+    acquisition_csv: Path | None = None   # written for the "varied" and "shifted" acquisitions
 
     @property
     def negatives_per_positive(self) -> float:
@@ -161,23 +169,31 @@ def _resolve(size: str, nodules_per_scan, negatives_per_positive) -> tuple[SizeS
 
 def generate_scan(seed: int = 0, index: int = 0, size: str = "tiny",
                   nodules_per_scan: tuple[int, int] | None = None,
-                  negatives_per_positive: int | None = None) -> SynthScan:
+                  negatives_per_positive: int | None = None, acquisition: str = "default") -> SynthScan:
     """Make scan number ``index`` of the data set for ``seed``, in memory.
 
     Args:
-        seed: data set seed; scan ``index`` depends only on (seed, index).
+        seed: data set seed; scan ``index`` depends only on (seed, index, acquisition).
         index: position of the scan in the data set. Every fourth scan (index 1, 5, 9...) has a
             direction matrix with flipped axes.
         size: "tiny", "small" or "full" (see ``SIZES``).
         nodules_per_scan: (min, max) nodules, inclusive; default from the size.
         negatives_per_positive: negatives drawn per positive candidate; default from the size.
+        acquisition: "default", "varied" or "shifted" (see :mod:`luna.synth.acquisition`).
 
     Returns:
         The scan as stored (int16 HU in IRC order, world geometry) and its findings/candidates.
     """
     spec, (n_lo, n_hi), ratio = _resolve(size, nodules_per_scan, negatives_per_positive)
+    preset = find_preset(acquisition)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
     uid = make_uid(rng)
+    drawn = None
+    if preset is not None:
+        # A stream of its own, so that ``rng`` and with it every default scan stays as it was.
+        acq_rng = acquisition_rng(seed, index, preset)
+        uid, drawn = make_uid(acq_rng), preset.draw(acq_rng, spec)
+        spec = drawn.size_spec(spec)
     chest = _Chest(spec, rng)
     chest.body()
     chest.lungs()
@@ -198,7 +214,7 @@ def generate_scan(seed: int = 0, index: int = 0, size: str = "tiny",
     n_neg = int(round(ratio * len(positives) * rng.uniform(0.85, 1.15)))
     negatives = chest.negatives(n_neg, nodules + excluded)
     negatives += [(c + rng.normal(0, 0.5, 3), "excluded") for c, _, _ in excluded]
-    hu = chest.finish()
+    hu = chest.finish() if drawn is None else chest.finish(*drawn.finish_args())
     lung = chest.lung
 
     # Store: identity for most scans; some flip axes (origin moves to the other end).
@@ -228,7 +244,7 @@ def generate_scan(seed: int = 0, index: int = 0, size: str = "tiny",
         nodules=[Finding(to_world(c), d, k) for c, d, k in nodules],
         excluded=[Finding(to_world(c), d, k) for c, d, k in excluded],
         candidates=[Candidate(to_world(p), 1, "nodule") for p in positives]
-        + [Candidate(to_world(p), 0, k) for p, k in negatives])
+        + [Candidate(to_world(p), 0, k) for p, k in negatives], acquisition=drawn)
 
 
 def write_scan(scan: SynthScan, path: Path, scan_format: str = "mhd") -> int:
@@ -254,15 +270,17 @@ def _fmt(value: float) -> str:
     return f"{value:.6f}"
 
 
-def _build_one(job: tuple) -> tuple[str, list[Finding], list[Finding], list[Candidate], Path, int]:
+def _build_one(job: tuple) -> tuple[str, list[Finding], list[Finding], list[Candidate], Path, int,
+                                    ScanAcquisition | None]:
     """Generate and write one scan (a top-level function so worker processes can run it)."""
-    root, seed, index, size, nodules, ratio, scan_format = job
-    scan = generate_scan(seed, index, size, nodules, ratio)
+    root, seed, index, size, nodules, ratio, scan_format, acquisition = job
+    scan = generate_scan(seed, index, size, nodules, ratio, acquisition)
     path = Path(root) / f"subset{index % N_SUBSETS}" / scan_name(scan.uid, scan_format)
     n_bytes = write_scan(scan, path, scan_format)
     log.debug("scan %d %s: %s voxels, %d nodules, %d candidates", index, scan.uid,
               "x".join(map(str, scan.hu.shape)), len(scan.nodules), len(scan.candidates))
-    return scan.uid, scan.nodules, scan.excluded, scan.candidates, path.relative_to(root), n_bytes
+    return (scan.uid, scan.nodules, scan.excluded, scan.candidates, path.relative_to(root), n_bytes,
+            scan.acquisition)
 
 
 def _write_csv(path: Path, header: tuple[str, ...], rows: list[list[str]], rng: np.random.Generator) -> int:
@@ -285,7 +303,8 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
 def make_dataset(out_dir: Path, n_series: int = 32, seed: int = 0, size: str = "small",
                  nodules_per_scan: tuple[int, int] | None = None,
                  negatives_per_positive: int | None = None,
-                 overwrite: bool = False, workers: int = 1, scan_format: str = "mhd") -> SynthSummary:
+                 overwrite: bool = False, workers: int = 1, scan_format: str = "mhd",
+                 acquisition: str = "default") -> SynthSummary:
     """Write a synthetic data set in the LUNA16 layout, all at once or not at all.
 
     Files are written into a temporary directory next to ``out_dir`` which is renamed into
@@ -302,12 +321,16 @@ def make_dataset(out_dir: Path, n_series: int = 32, seed: int = 0, size: str = "
         workers: processes generating scans in parallel (the output does not depend on it).
         scan_format: "mhd" (LUNA16's), "nifti" (``<uid>.nii.gz``) or "dicom" (a folder
             ``<uid>/`` of one file per slice); same voxels, geometry and CSVs in each.
+        acquisition: "default" (today's scans), "varied" or "shifted" (see
+            :mod:`luna.synth.acquisition`); the last two also write ``acquisition.csv``, one row
+            a scan with its slice spacing and thickness, pixel, noise and HU offset.
 
     Returns:
         A :class:`SynthSummary` of what was written (paths point into ``out_dir``).
     """
     started = time.perf_counter()
     _, nodules, ratio = _resolve(size, nodules_per_scan, negatives_per_positive)
+    with_csv = find_preset(acquisition) is not None
     if scan_format not in SCAN_FORMATS:
         raise UsageError(f"unknown scan format {scan_format!r}; choose one of {', '.join(SCAN_FORMATS)}")
     if n_series < 1:
@@ -322,7 +345,7 @@ def make_dataset(out_dir: Path, n_series: int = 32, seed: int = 0, size: str = "
         os.chmod(tmp, 0o777 & ~_umask())
         for k in range(N_SUBSETS):
             (tmp / f"subset{k}").mkdir()
-        jobs = [(str(tmp), seed, i, size, nodules, ratio, scan_format) for i in range(n_series)]
+        jobs = [(str(tmp), seed, i, size, nodules, ratio, scan_format, acquisition) for i in range(n_series)]
         if workers > 1 and n_series > 1:
             with ProcessPoolExecutor(max_workers=min(workers, n_series)) as pool:
                 results = list(pool.map(_build_one, jobs))
@@ -332,7 +355,7 @@ def make_dataset(out_dir: Path, n_series: int = 32, seed: int = 0, size: str = "
         if len(set(uids)) != len(uids):
             raise RuntimeError("two synthetic scans drew the same series uid")
         ann_rows, exc_rows, cand_rows = [], [], []
-        for uid, found, excluded, candidates, _, _ in results:
+        for uid, found, excluded, candidates, *_ in results:
             ann_rows += [[uid, *map(_fmt, f.center_xyz), _fmt(f.diameter_mm)] for f in found]
             exc_rows += [[uid, *map(_fmt, f.center_xyz), "-1" if f.diameter_mm < 0 else _fmt(f.diameter_mm)]
                          for f in excluded]
@@ -342,6 +365,8 @@ def make_dataset(out_dir: Path, n_series: int = 32, seed: int = 0, size: str = "
         n_bytes += _write_csv(tmp / "annotations.csv", ANNOTATION_COLUMNS, ann_rows, shuffle_rng)
         n_bytes += _write_csv(tmp / "candidates.csv", CANDIDATE_COLUMNS, cand_rows, shuffle_rng)
         n_bytes += _write_csv(tmp / "annotations_excluded.csv", ANNOTATION_COLUMNS, exc_rows, shuffle_rng)
+        if with_csv:
+            n_bytes += write_acquisition_csv(tmp / ACQUISITION_CSV, uids, [r[6] for r in results])
         _move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -352,7 +377,8 @@ def make_dataset(out_dir: Path, n_series: int = 32, seed: int = 0, size: str = "
         n_positive=n_pos, n_negative=len(cand_rows) - n_pos, bytes_written=n_bytes,
         seconds=time.perf_counter() - started, annotations_csv=out_dir / "annotations.csv",
         candidates_csv=out_dir / "candidates.csv", excluded_csv=out_dir / "annotations_excluded.csv",
-        scan_paths=[out_dir / r[4] for r in results])
+        scan_paths=[out_dir / r[4] for r in results],
+        acquisition_csv=out_dir / ACQUISITION_CSV if with_csv else None)
 
 
 def _umask() -> int:

@@ -13,9 +13,10 @@ from luna.cli.synth import LunaSynthApp, get_args_parser
 
 def test_help_lists_every_flag_with_its_default():
     text = get_args_parser().format_help()
-    for flag in ("--out", "--series", "--seed", "--size", "--force", "--workers", "--debug"):
+    for flag in ("--out", "--series", "--seed", "--size", "--force", "--workers", "--debug", "--acquisition"):
         assert flag in text
     assert "(default: 32)" in text and "(default: small)" in text
+    assert "default (today's scans, same files" in text   # the help names its default itself
 
 
 def test_python_m_help_works():
@@ -38,6 +39,7 @@ def test_app_writes_the_luna16_layout(tmp_path):
     assert lines[0] == "seriesuid,coordX,coordY,coordZ,class" and len(lines) > 10
     assert (out / "annotations.csv").read_text().startswith("seriesuid,coordX,coordY,coordZ,diameter_mm\n")
     assert (out / "annotations_excluded.csv").exists()
+    assert not (out / "acquisition.csv").exists()   # only the varied and shifted acquisitions write one
 
 
 def test_non_empty_out_without_force_is_a_one_line_usage_error(tmp_path, capsys):
@@ -54,7 +56,8 @@ def test_non_empty_out_without_force_is_a_one_line_usage_error(tmp_path, capsys)
     assert len(list(out.glob("subset*/*.mhd"))) == 2
 
 
-@pytest.mark.parametrize("bad", [["--series", "0"], ["--size", "huge"], ["--seed", "-1"], []])
+@pytest.mark.parametrize("bad", [["--series", "0"], ["--size", "huge"], ["--seed", "-1"], [],
+                                 ["--acquisition", "cheap"]])
 def test_bad_flags_exit_with_status_2(tmp_path, bad):
     argv = bad if bad == [] else ["--out", str(tmp_path / "d"), *bad]
     with pytest.raises(SystemExit) as exc:
@@ -79,3 +82,17 @@ def test_format_flag_writes_each_layout_with_the_same_csvs(tmp_path):
     folders = [p for p in outs["dicom"].glob("subset*/*") if p.is_dir()]
     assert len(folders) == 2 and all(len(list(p.glob("*.dcm"))) >= 30 for p in folders)
     assert "--format" in get_args_parser().format_help() and "(default: mhd)" in get_args_parser().format_help()
+
+
+def test_acquisition_flag_writes_a_table_of_each_scans_settings(tmp_path):
+    out = tmp_path / "shifted"
+    argv = ["--out", str(out), "--size", "tiny", "--series", "2", "--seed", "5", "--acquisition", "shifted"]
+    assert run_app(LunaSynthApp, argv) == 0
+    header, *rows = (out / "acquisition.csv").read_text().splitlines()
+    assert header == ("seriesuid,acquisition,spacing_z_mm,slice_thickness_mm,pixel_mm,noise_factor,kernel_sigma_px,"
+                      "hu_offset")
+    uids = sorted(p.stem for p in out.glob("subset*/*.mhd"))
+    assert sorted(row.split(",")[0] for row in rows) == uids and len(uids) == 2
+    for row in rows:
+        _, mode, spacing, thickness, *_ = row.split(",")
+        assert mode == "shifted" and 2.5 <= float(spacing) <= 3.0 and float(thickness) > float(spacing)

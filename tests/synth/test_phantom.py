@@ -19,7 +19,9 @@ from luna.errors import UsageError
 from luna.luna16.geometry import xyz2irc, xyz2irc_float
 from luna.luna16.csvfiles import ANNOTATION_COLUMNS as ANNOTATION_HEADER
 from luna.luna16.csvfiles import CANDIDATE_COLUMNS as CANDIDATE_HEADER
-from luna.synth import generate_scan, make_dataset
+from luna.data.candidates import get_candidate_info_list
+from luna.synth import SIZES, VARIED, generate_scan, make_dataset
+from luna.synth.acquisition import ACQUISITION_COLUMNS
 from luna.synth.phantom import UID_PREFIX
 
 
@@ -36,8 +38,12 @@ def tree_hashes(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("phantom") / "luna"
-    summary = make_dataset(root, n_series=5, seed=3, size="tiny")
+    return load_dataset(make_dataset(tmp_path_factory.mktemp("phantom") / "luna", n_series=5, seed=3, size="tiny"))
+
+
+def load_dataset(summary) -> dict:
+    """A written data set read back: its scans (HU and geometry) and its CSV rows."""
+    root = summary.out_dir
     images = {}
     for mhd in summary.scan_paths:
         image = sitk.ReadImage(str(mhd))
@@ -90,7 +96,9 @@ def test_scan_depends_only_on_seed_and_index_also_with_workers(tiny, tmp_path):
         assert mhd.with_suffix(".raw").read_bytes() == original.with_suffix(".raw").read_bytes()
 
 
-def test_every_candidate_lies_inside_its_volume_and_some_near_a_border(tiny):
+@pytest.mark.parametrize("name", ["tiny", "varied", "shifted"])
+def test_every_candidate_lies_inside_its_volume_and_some_near_a_border(name, request):
+    tiny = request.getfixturevalue(name)
     near_border = 0
     for uid, xyz, _ in tiny["candidates"]:
         hu, origin, spacing, direction = tiny["images"][uid]
@@ -100,7 +108,9 @@ def test_every_candidate_lies_inside_its_volume_and_some_near_a_border(tiny):
     assert near_border >= 1
 
 
-def test_positives_match_an_annotation_within_a_quarter_diameter(tiny):
+@pytest.mark.parametrize("name", ["tiny", "varied", "shifted"])
+def test_positives_match_an_annotation_within_a_quarter_diameter(name, request):
+    tiny = request.getfixturevalue(name)
     by_uid: dict[str, list] = {}
     for uid, xyz, diameter in tiny["annotations"]:
         by_uid.setdefault(uid, []).append((np.array(xyz), diameter))
@@ -222,6 +232,8 @@ def test_bad_arguments_raise_usage_errors(tmp_path):
         make_dataset(tmp_path / "a", size="huge")
     with pytest.raises(UsageError, match="nodules per scan"):
         make_dataset(tmp_path / "a", size="tiny", nodules_per_scan=(3, 1))
+    with pytest.raises(UsageError, match="acquisition 'cheap'; choose one of default, varied, shifted"):
+        make_dataset(tmp_path / "a", size="tiny", acquisition="cheap")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -296,3 +308,127 @@ def test_errors_by_kind_lists_the_nodules_detection_missed(tiny, tmp_path):
     assert f"{len(nodules) - 1} inside a nodule" in done.stdout
     (missed,) = [line for line in done.stdout.splitlines() if " mm  p " in line]
     assert "p nan" in missed and nodules[0]["seriesuid"] in missed
+
+
+# --------------------------------------------------------------------------- acquisitions
+
+# sha1 of every file (name and bytes) of make_dataset(n_series=2, seed=0, size="tiny"), recorded
+# before the acquisition option existed: published figures rely on the default scans not changing.
+DEFAULT_TINY_SHA1 = "0b6d77c250de53abcc633a1595f221af3d95ed24"
+
+
+def tree_sha1(root: Path) -> str:
+    digest = hashlib.sha1()
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def varied(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("varied") / "luna"
+    return load_dataset(make_dataset(root, n_series=6, seed=1, size="tiny", acquisition="varied"))
+
+
+@pytest.fixture(scope="module")
+def shifted(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("shifted") / "luna"
+    return load_dataset(make_dataset(root, n_series=4, seed=3, size="tiny", acquisition="shifted"))
+
+
+def acquisition_rows(data: dict) -> list[dict[str, float]]:
+    header, rows = read_rows(data["summary"].acquisition_csv)
+    assert tuple(header) == ACQUISITION_COLUMNS and header[0] == "seriesuid"
+    assert [r[0] for r in rows] == data["summary"].series_uids          # one row a scan, in order
+    return [{k: (v if k in ("seriesuid", "acquisition") else float(v)) for k, v in zip(header, r)} for r in rows]
+
+
+def test_default_acquisition_files_are_byte_identical_to_before(tmp_path):
+    implicit = make_dataset(tmp_path / "a", n_series=2, seed=0, size="tiny")
+    explicit = make_dataset(tmp_path / "b", n_series=2, seed=0, size="tiny", acquisition="default")
+    assert tree_sha1(implicit.out_dir) == tree_sha1(explicit.out_dir) == DEFAULT_TINY_SHA1
+    assert explicit.acquisition_csv is None and not (explicit.out_dir / "acquisition.csv").exists()
+
+
+def test_varied_scans_draw_their_acquisition_from_the_stated_ranges(varied):
+    rows = acquisition_rows(varied)
+    assert len(rows) == 6 and {r["acquisition"] for r in rows} == {"varied"}
+    for row in rows:
+        spacing = row["spacing_z_mm"]
+        assert 0.6 <= spacing <= 3.0 and spacing <= row["slice_thickness_mm"] <= 2 * spacing + 1e-3
+        assert 2.95 * 0.55 / 0.75 <= row["pixel_mm"] <= 2.95 * 1.0 / 0.75     # tiny: 0.73-1.33 x 2.95 mm
+        assert 0.5 <= row["noise_factor"] <= 2.5 and abs(row["hu_offset"]) <= 30
+        assert row["kernel_sigma_px"] == pytest.approx(0.6 / np.sqrt(row["noise_factor"]), abs=1e-3)
+        # The file's geometry is the acquisition the CSV names.
+        _, _, spacing_xyz, _ = varied["images"][row["seriesuid"]]
+        assert spacing_xyz == pytest.approx((row["pixel_mm"], row["pixel_mm"], spacing), abs=1e-6)
+    for column in ("spacing_z_mm", "noise_factor", "pixel_mm"):   # spread, not one setting
+        values = [r[column] for r in rows]
+        assert max(values) / min(values) > 1.3, column
+    # luna's readers find the scans and the candidates; acquisition.csv is none of theirs.
+    assert {c.series_uid for c in get_candidate_info_list(varied["root"])} == set(varied["summary"].series_uids)
+
+
+def slice_correlation(hu: np.ndarray) -> float:
+    """Correlation of the noise in neighbouring slices, in columns of air through the whole scan:
+    the wider the slice profile, the more neighbouring slices share."""
+    air = (np.abs(hu.astype(np.float64) + 1000) < 300).all(axis=0)
+    values = hu[:, air].astype(np.float64)
+    values -= values.mean(axis=0)
+    return float(np.corrcoef(values[:-1].ravel(), values[1:].ravel())[0, 1])
+
+
+def test_shifted_scans_have_thick_slices_and_a_sharp_noisy_kernel(shifted, tiny):
+    rows = acquisition_rows(shifted)
+    for row in rows:
+        assert 2.5 <= row["spacing_z_mm"] <= 3.0 and abs(row["hu_offset"]) <= 30
+        assert row["slice_thickness_mm"] == pytest.approx(1.5 * row["spacing_z_mm"], abs=1e-3)
+        assert (row["noise_factor"], row["kernel_sigma_px"]) == (2.0, 0.424)
+    thick = [slice_correlation(image[0]) for image in shifted["images"].values()]
+    default = [slice_correlation(image[0]) for image in tiny["images"].values()]
+    assert min(thick) > max(default) + 0.15, (thick, default)   # ~0.78 against ~0.56
+
+
+@pytest.mark.parametrize("name", ["varied", "shifted"])
+def test_nodules_are_denser_at_their_annotated_centre_than_the_lung_around(name, request):
+    """Through the CSV's world coordinates and each file's geometry (flipped ones included): the
+    nodule's voxels, averaged against the noise, are above the lung-like voxels of a shell round it.
+
+    Real enough to miss now and then: over 60 varied tiny scans 3 of 106 nodules (faint ground-glass
+    or part-solid ones in noisy scans) stand less than 50 HU out; the seeds here have none of them.
+    A wrong coordinate lands on lung like its shell, about 0 HU above it.
+    """
+    data = request.getfixturevalue(name)
+    for uid, xyz, diameter in data["annotations"]:
+        hu, origin, spacing, direction = data["images"][uid]
+        center = xyz2irc_float(xyz, origin, spacing, direction)
+        grid = np.indices(hu.shape, dtype=np.float64)
+        dist = np.sqrt(sum(((grid[k] - center[k]) * spacing[2 - k]) ** 2 for k in range(3)))
+        radius = diameter / 2
+        core = dist <= max(radius, dist.min())
+        shell = (dist > radius + 3) & (dist < radius + 10) & (hu < -400)
+        assert hu[core].mean() > np.median(hu[shell]) + 50, (name, uid, xyz, diameter)
+
+
+def test_varied_nodule_sizes_are_luna16_like_about_half_under_6_mm():
+    def diameters(acquisition: str) -> np.ndarray:
+        scans = [generate_scan(seed=2, index=i, size="tiny", nodules_per_scan=(3, 3), negatives_per_positive=0,
+                               acquisition=acquisition) for i in range(16)]
+        return np.array([n.diameter_mm for scan in scans for n in scan.nodules])
+
+    varied, default = diameters("varied"), diameters("default")
+    assert len(varied) >= 40 and 0.35 <= np.mean(varied < 6) <= 0.6, np.sort(varied)
+    assert 5.0 <= varied.min() and varied.max() <= 20.0                   # tiny's own clip
+    assert np.mean(default < 6) < 0.3                                       # the default's median is 9 mm
+    # Sizes whose voxels can show a 3 mm nodule get LUNA16's 3-30 mm.
+    small = VARIED.draw(np.random.default_rng(0), SIZES["small"]).size_spec(SIZES["small"])
+    assert (small.diameter_median_mm, small.diameter_log_sd, small.diameter_range_mm) == (6.0, 0.55, (3.0, 30.0))
+
+
+def test_same_seed_same_files_in_every_acquisition_and_never_a_shared_uid(tmp_path):
+    one = make_dataset(tmp_path / "one", n_series=2, seed=4, size="tiny", acquisition="varied")
+    two = make_dataset(tmp_path / "two", n_series=2, seed=4, size="tiny", acquisition="varied", workers=2)
+    assert tree_sha1(one.out_dir) == tree_sha1(two.out_dir)
+    uids = [generate_scan(4, 0, "tiny", acquisition=mode).uid for mode in ("default", "varied", "shifted")]
+    assert uids[1] == one.series_uids[0] and len(set(uids)) == 3   # caches are keyed by uid
