@@ -19,6 +19,7 @@ so a speed-up is seen not to cost quality.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 import time
@@ -30,7 +31,7 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 from bench_report import Report, load_average  # noqa: E402
 
 from luna.eval.evaluation import evaluate, read_pooled_findings, read_pooled_predictions  # noqa: E402
-from luna.infer.predict import PredictConfig, predict  # noqa: E402
+from luna.infer.predict import PredictConfig, predict, select_jobs  # noqa: E402
 from luna.luna16.paths import find_optional_csv  # noqa: E402
 from luna.models.registry import build_model  # noqa: E402
 from luna.runtime.checkpoint import (load_checkpoint, make_checkpoint, resolve_checkpoint_path,  # noqa: E402
@@ -63,7 +64,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="results file (default: results/bench_predict.txt)")
     args = parser.parse_args(argv)
 
-    import logging
     logging.basicConfig(level=logging.WARNING)
     report = Report("bench_predict", args.out)
     trained = resolve_checkpoint_path(args.checkpoint)
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
             "1 view (--tta-views 1)": PredictConfig(checkpoint=trained, tta_views=1, **base),
         }
         if args.scans:
-            series = sorted({job.series_uid for job in _jobs(settings["luna defaults (8 views for the best 100)"])})
+            jobs = select_jobs(PredictConfig(checkpoint=trained, **base), load_checkpoint(trained).get("args", {})).jobs
+            series = sorted(job.series_uid for job in jobs)
             for config in settings.values():
                 config.series = series[:args.scans]
         report.say(f"checkpoint: {trained}; scans: {args.data_dir} ({args.split or 'default'} split"
@@ -104,12 +105,6 @@ def main(argv: list[str] | None = None) -> None:
     report.say()
     report.say("goal: luna's defaults >= 1x the reference's one-view fp32 candidates/s, reading scans included")
     report.write()
-
-
-def _jobs(config: PredictConfig):
-    from luna.infer.predict import select_jobs
-    ckpt = load_checkpoint(resolve_checkpoint_path(config.checkpoint))
-    return select_jobs(config, ckpt.get("args", {})).jobs
 
 
 if __name__ == "__main__":
