@@ -13,7 +13,7 @@ With ``--detections`` the file is `luna detect`'s findings (which match no gener
 it lists the nodules without a finding above P inside their radius, with kind, size and place.
 
     .venv/bin/python tools/errors_by_kind.py runs/luna/<run>/val_predictions.csv \\
-        [--series 32] [--seed 0] [--size small]
+        [--series 32] [--seed 0] [--size small] [--acquisition default]
 """
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--series", type=int, default=32, help="--series given to luna synth")
     parser.add_argument("--seed", type=int, default=0, help="--seed given to luna synth")
     parser.add_argument("--size", default="small", help="--size given to luna synth")
+    parser.add_argument("--acquisition", default="default", choices=("default", "varied", "shifted"),
+                        help="--acquisition given to luna synth")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability above which a nodule counts as found")
     parser.add_argument("--detections", action="store_true",
                         help="the file is `luna detect`'s findings, not scored candidates of the data set: a finding "
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     truth: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
     scans = {}
     for index in range(args.series):
-        scan = generate_scan(seed=args.seed, index=index, size=args.size)
+        scan = generate_scan(seed=args.seed, index=index, size=args.size, acquisition=args.acquisition)
         if scan.uid not in scored_uids:
             continue
         nodule_xyz = np.array([n.center_xyz for n in scan.nodules]) if scan.nodules else np.zeros((0, 3))
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     missing = scored_uids - set(truth)
     if missing:
         sys.exit(f"{args.predictions}: {len(missing)} series are not in the data set for --series "
-                 f"{args.series} --seed {args.seed} --size {args.size} (e.g. {sorted(missing)[0]})")
+                 f"{args.series} --seed {args.seed} --size {args.size} --acquisition {args.acquisition} (e.g. {sorted(missing)[0]})")
 
     if args.detections:
         list_detection_misses(rows, scans, 0.5 if args.list_below is None else args.list_below)
