@@ -154,7 +154,10 @@ def draw_params(n: int, config: AugmentConfig, generator: torch.Generator | None
     noise_seed = int(torch.randint(_MAX_SEED, (1,), generator=generator, device=device))
     # Drawn last, so runs without it keep every earlier draw of a given seed.
     fade = (uniform(n) < CONTRAST_PROBABILITY) * uniform(n) * config.contrast
-    thickness = 1.0 + (uniform(n) < THICK_PROBABILITY) * uniform(n) * config.thick
+    # Drawn only when on: the default runs keep the random stream, and so the batches, they had.
+    thickness = torch.ones(n)
+    if config.thick > 0:
+        thickness = 1.0 + (uniform(n) < THICK_PROBABILITY) * uniform(n) * config.thick
     scale[:, 0] *= thickness  # slices f times as far apart: the content spans f times fewer
     return AugmentParams(
         flip=flip & bool(config.flip),
