@@ -115,9 +115,6 @@ def add_training_args(parser: argparse.ArgumentParser, own_run_dir: bool = True)
     sampling.add_argument("--augment-contrast", type=float, default=AugmentConfig.contrast,
                           help="largest loss of contrast towards air, fraction, for half of the samples "
                                "(faint nodules from solid ones); 0 = off (the reference)")
-    sampling.add_argument("--augment-thick", type=float, default=AugmentConfig.thick,
-                          help="largest thickening of the slices, for half of the samples: 1.5 shows them as "
-                               "slices up to 2.5x as far apart and as thick would (partial volume); 0 = off")
 
     speed = parser.add_argument_group("speed")
     add_device_args(speed)

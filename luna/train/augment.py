@@ -41,11 +41,6 @@ AIR_HU = -1000.0
 # Share of samples whose contrast is reduced; the rest keep the scanner's own, so the model
 # still mostly sees crops as they come.
 CONTRAST_PROBABILITY = 0.5
-# Share of samples shown as if cut in thicker slices (see AugmentConfig.thick).
-THICK_PROBABILITY = 0.5
-# A slice's sensitivity profile taken as a Gaussian whose full width at half maximum is the
-# slice thickness: sigma = thickness / 2.355, in slices when the slice is as thick as its spacing.
-SLICE_PROFILE_SIGMA = 1.0 / 2.355
 
 
 @dataclass
@@ -76,7 +71,6 @@ class AugmentConfig:
     rotate: bool = True
     noise: float = 25.0
     contrast: float = 0.6
-    thick: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.offset <= 1.0:
@@ -88,13 +82,11 @@ class AugmentConfig:
             raise UsageError(f"augmentation noise must be a finite HU value >= 0, got {self.noise}")
         if not 0.0 <= self.contrast < 1.0:
             raise UsageError(f"augmentation contrast must be in [0, 1), got {self.contrast}")
-        if not 0.0 <= self.thick <= 4.0:
-            raise UsageError(f"augmentation thick must be in [0, 4] (slices up to 5x as thick), got {self.thick}")
 
     @property
     def geometric(self) -> bool:
         """True when any component that moves voxels is on."""
-        return bool(self.flip or self.offset > 0 or self.scale > 0 or self.rotate or self.thick > 0)
+        return bool(self.flip or self.offset > 0 or self.scale > 0 or self.rotate)
 
     @property
     def enabled(self) -> bool:
@@ -115,8 +107,6 @@ class AugmentParams:
             towards +R.
         noise_seed: seeds the device-side noise generator.
         contrast: (N,) factors the HU above air are multiplied by (1.0 = unchanged).
-        thickness: (N,) slice thickening factors ``f`` (1.0 = unchanged); ``scale``'s I column
-            already includes them.
     """
 
     flip: torch.Tensor
@@ -125,7 +115,6 @@ class AugmentParams:
     angle: torch.Tensor
     noise_seed: int
     contrast: torch.Tensor
-    thickness: torch.Tensor
 
 
 def draw_params(n: int, config: AugmentConfig, generator: torch.Generator | None = None) -> AugmentParams:
@@ -154,11 +143,6 @@ def draw_params(n: int, config: AugmentConfig, generator: torch.Generator | None
     noise_seed = int(torch.randint(_MAX_SEED, (1,), generator=generator, device=device))
     # Drawn last, so runs without it keep every earlier draw of a given seed.
     fade = (uniform(n) < CONTRAST_PROBABILITY) * uniform(n) * config.contrast
-    # Drawn only when on: the default runs keep the random stream, and so the batches, they had.
-    thickness = torch.ones(n)
-    if config.thick > 0:
-        thickness = 1.0 + (uniform(n) < THICK_PROBABILITY) * uniform(n) * config.thick
-    scale[:, 0] *= thickness  # slices f times as far apart: the content spans f times fewer
     return AugmentParams(
         flip=flip & bool(config.flip),
         offset=offset,  # already 0 when config.offset == 0, as are the scale deviations
@@ -166,7 +150,6 @@ def draw_params(n: int, config: AugmentConfig, generator: torch.Generator | None
         angle=angle if config.rotate else torch.zeros_like(angle),
         noise_seed=noise_seed,
         contrast=1.0 - fade,
-        thickness=thickness,
     )
 
 
@@ -259,8 +242,6 @@ def augment_batch(batch: torch.Tensor, config: AugmentConfig,
     # and it is cast once at the end instead of after every step.
     out = batch.float()
 
-    if config.thick > 0:
-        out = thicken_slices(out, params.thickness.to(batch.device))
     if config.geometric:
         theta = build_theta(params, batch.shape[2:]).to(batch.device)
         grid = sampling_grid(theta, out.shape)
@@ -282,36 +263,3 @@ def augment_batch(batch: torch.Tensor, config: AugmentConfig,
     if batch.is_contiguous(memory_format=torch.channels_last_3d) and not batch.is_contiguous():
         out = out.contiguous(memory_format=torch.channels_last_3d)
     return out.to(batch.dtype)
-
-
-def thicken_slices(batch: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blur each sample along I as slices ``factor`` times thicker would (partial volume).
-
-    The scan's own slices already carry a profile of :data:`SLICE_PROFILE_SIGMA` slices; a
-    slice ``f`` times thicker has one ``f`` times wider, so the blur added is the difference of
-    the two Gaussians in quadrature. Sampling the thinner grid that results is left to
-    ``grid_sample`` (the I column of the drawn scale). Samples with ``f == 1`` come back as they
-    were.
-
-    Args:
-        batch: (N, C, I, R, C) float32.
-        factor: (N,) thickening factors >= 1, on the batch's device.
-
-    Returns:
-        A new (N, C, I, R, C) tensor.
-    """
-    sigma = SLICE_PROFILE_SIGMA * torch.sqrt(factor.float() ** 2 - 1.0)  # (N,) in slices
-    radius = int(math.ceil(3.0 * float(sigma.max()))) if len(sigma) else 0
-    if radius == 0:
-        return batch.clone()
-    taps = torch.arange(-radius, radius + 1, device=batch.device, dtype=torch.float32)
-    weights = torch.exp(-0.5 * (taps[None, :] / sigma.clamp_min(1e-3)[:, None]) ** 2)
-    weights = weights / weights.sum(dim=1, keepdim=True)  # (N, 2 radius + 1); a delta where sigma is 0
-    # Edge slices repeat, as grid_sample's 'border' does later.
-    size_i = batch.shape[2]
-    padded = torch.cat([batch[:, :, :1].expand(-1, -1, radius, -1, -1), batch,
-                        batch[:, :, -1:].expand(-1, -1, radius, -1, -1)], dim=2)
-    out = torch.zeros_like(batch)
-    for k in range(2 * radius + 1):
-        out.add_(padded[:, :, k:k + size_i] * weights[:, k].view(-1, 1, 1, 1, 1))
-    return out

@@ -8,8 +8,7 @@ import torch
 
 import torch.nn.functional as F
 
-from luna.train.augment import (AugmentConfig, augment_batch, build_theta, draw_params, sampling_grid,
-                                thicken_slices)
+from luna.train.augment import AugmentConfig, augment_batch, build_theta, draw_params, sampling_grid
 from luna.errors import UsageError
 
 OFF = dict(flip=False, offset=0.0, scale=0.0, rotate=False, noise=0.0, contrast=0.0)
@@ -50,7 +49,7 @@ def test_config_defaults_and_validation():
     assert only(noise=5.0).enabled and not only(noise=5.0).geometric
     assert only(contrast=0.5).enabled and not only(contrast=0.5).geometric
     for bad in (dict(offset=-0.1), dict(scale=1.0), dict(noise=-1.0), dict(noise=math.inf),
-                dict(contrast=1.0), dict(contrast=-0.1), dict(thick=-0.5), dict(thick=5.0)):
+                dict(contrast=1.0), dict(contrast=-0.1)):
         with pytest.raises(UsageError):
             AugmentConfig(**bad)
 
@@ -112,50 +111,6 @@ def test_contrast_draws_come_last():
         assert torch.equal(getattr(plain, name), getattr(faded, name))
     assert plain.noise_seed == faded.noise_seed
     assert torch.all(plain.contrast == 1.0)
-
-
-def test_thick_draws_come_last_and_stretch_only_the_scale_of_i():
-    plain = draw_params(400, AugmentConfig(), gen(7))
-    thick = draw_params(400, AugmentConfig(thick=1.5), gen(7))
-    for name in ("flip", "offset", "angle", "contrast"):
-        assert torch.equal(getattr(plain, name), getattr(thick, name))
-    assert plain.noise_seed == thick.noise_seed and torch.all(plain.thickness == 1.0)
-    torch.testing.assert_close(thick.scale[:, 1:], plain.scale[:, 1:])
-    torch.testing.assert_close(thick.scale[:, 0], plain.scale[:, 0] * thick.thickness)
-    assert thick.thickness.min() >= 1.0 and thick.thickness.max() <= 2.5
-    unchanged = (thick.thickness == 1.0).float().mean().item()
-    assert 0.4 < unchanged < 0.6  # THICK_PROBABILITY = 0.5
-    assert thick.thickness.max() > 2.3  # uniform over the whole range
-
-
-def test_thick_only_shows_a_cube_in_fewer_slices_and_the_same_rows():
-    n = 64
-    batch = torch.full((n, 1, 32, 16, 16), -1000.0)
-    batch[:, :, 12:20, 6:10, 6:10] = 0.0  # 8 slices, 4 rows, 4 columns of soft tissue
-    out = augment_batch(batch, only(thick=1.5), gen(3))
-    factor = draw_params(n, only(thick=1.5), gen(3)).thickness
-    slices = (out[:, 0, :, 8, 8] > -500).sum(1).float()
-    rows = (out[:, 0, 16, :, 8] > -500).sum(1).float()
-    assert torch.equal(out[factor == 1.0], batch[factor == 1.0])
-    thick = factor > 1.2
-    assert thick.sum() > 10
-    # f times fewer slices, give or take one for the half-voxel sampling and the blur.
-    assert torch.all((slices[thick] - 8 / factor[thick]).abs() <= 1.01)
-    assert torch.all(rows == 4)
-
-
-def test_thicken_slices_blurs_along_i_only_and_keeps_the_mass():
-    batch = torch.zeros(3, 1, 21, 5, 5)
-    batch[:, :, 10, 2, 2] = 1000.0
-    out = thicken_slices(batch, torch.tensor([1.0, 2.0, 3.0]))
-    assert torch.equal(out[0], batch[0])  # f = 1: untouched
-    profile = out[:, 0, :, 2, 2]
-    torch.testing.assert_close(profile.sum(1), torch.full((3,), 1000.0))
-    assert profile[2, 10] < profile[1, 10] < 1000.0  # thicker, wider
-    assert torch.all(out[:, 0, :, 2, :2] == 0) and torch.all(out[:, 0, :, :2, 2] == 0)
-    # The added blur is sigma = (f^2 - 1)^0.5 / 2.355 slices: 1.18 at f = 3.
-    spread = ((torch.arange(21.0) - 10) ** 2 * profile[2]).sum() / 1000.0
-    assert abs(spread.sqrt().item() - math.sqrt(8) / 2.355) < 0.02
 
 
 def test_contrast_only_fades_towards_air_for_about_half_the_samples():
