@@ -26,10 +26,12 @@ CACHE_FORMAT_VERSION = 3
 CROP_EDGES = ("pad", "shift")
 CROP_EDGE = "pad"
 
-# Crops are cut from the scan's own voxel grid (0, the reference) or from the scan resampled to
-# isotropic voxels of this many mm, so that a nodule has the same shape in voxels whatever the
-# slice thickness. 0 keeps the scan's grid.
-CROP_VOXEL_MM = 0.0
+# Crops are cut from the scan resampled to isotropic voxels of this many mm, so that a nodule has
+# the same shape in voxels whatever the slice thickness and pixel size; 0 keeps the scan's own
+# grid (the reference). 1.4 mm is about the built-in scans' pixel, so their crops keep their
+# in-plane detail, and a model trained on them holds better on thicker slices and other pixels
+# (docs/experiments.md, "Acquisition shifts").
+CROP_VOXEL_MM = 1.4
 
 
 @dataclass(frozen=True)

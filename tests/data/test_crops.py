@@ -13,11 +13,11 @@ def test_crop_is_centred_inside_and_shifted_at_borders_by_the_reference_rule(sca
     clipped = np.clip(volume[:, ::-1], -1000, 1000)  # the file's rows run y-flipped; Ct reads LPS
     center_xyz = ct.irc2xyz((10, 15, 20))
     for edge in ("pad", "shift"):
-        chunk, center_irc = crop_candidate(ct, center_xyz, (8, 10, 12), edge)
+        chunk, center_irc = crop_candidate(ct, center_xyz, (8, 10, 12), edge, voxel_mm=0)
         assert center_irc == (10, 15, 20)
         np.testing.assert_array_equal(chunk, clipped[6:14, 10:20, 14:26])
     # At the corner the reference's crop is shifted inside the volume, not padded.
-    chunk, _ = crop_candidate(ct, ct.irc2xyz((0, 29, 39)), (8, 10, 12), "shift")
+    chunk, _ = crop_candidate(ct, ct.irc2xyz((0, 29, 39)), (8, 10, 12), "shift", voxel_mm=0)
     np.testing.assert_array_equal(chunk, clipped[0:8, 20:30, 28:40])
 
 
@@ -25,7 +25,7 @@ def test_padded_crop_keeps_the_candidate_at_its_centre(scan):
     path, volume = scan
     ct = Ct(path)
     clipped = np.clip(volume[:, ::-1], -1000, 1000)  # the file's rows run y-flipped; Ct reads LPS
-    chunk, _ = crop_candidate(ct, ct.irc2xyz((0, 29, 39)), (8, 10, 12))  # "pad" is the default
+    chunk, _ = crop_candidate(ct, ct.irc2xyz((0, 29, 39)), (8, 10, 12), voxel_mm=0)  # "pad" is the default
     assert chunk.shape == (8, 10, 12)
     # Voxel (0, 29, 39) sits at the crop's centre index (4, 5, 6); the rest of the volume
     # that fits lies before it, air beyond the volume's faces.
@@ -58,7 +58,7 @@ def test_isotropic_crop_shows_a_ball_round_whatever_the_slice_thickness(tmp_path
     ct = Ct(path)
     # The ball's world centre, from the geometry as written (irc2xyz rounds nothing).
     center_xyz = irc2xyz(center_irc, origin_xyz, spacing_xyz, (-1, 0, 0, 0, 1, 0, 0, 0, 1))
-    native, _ = crop_candidate(ct, center_xyz, (16, 24, 24))
+    native, _ = crop_candidate(ct, center_xyz, (16, 24, 24), voxel_mm=0)
     crop, center_voxel = crop_candidate(ct, center_xyz, (16, 24, 24), voxel_mm=1.0)
     assert crop.shape == (16, 24, 24) and crop.dtype == np.int16
     assert center_voxel == ct.xyz2irc(center_xyz)  # still the voxel of the scan's own grid
