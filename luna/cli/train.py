@@ -115,9 +115,6 @@ def add_training_args(parser: argparse.ArgumentParser, own_run_dir: bool = True)
     sampling.add_argument("--augment-contrast", type=float, default=AugmentConfig.contrast,
                           help="largest loss of contrast towards air, fraction, for half of the samples "
                                "(faint nodules from solid ones); 0 = off (the reference)")
-    sampling.add_argument("--augment-kernel", type=float, default=AugmentConfig.kernel,
-                          help="largest change of the in-plane detail, fraction: softer or sharper "
-                               "reconstruction kernels, noise texture included; 0 = off")
 
     speed = parser.add_argument_group("speed")
     add_device_args(speed)

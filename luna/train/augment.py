@@ -4,7 +4,7 @@ Applied to batches after they leave the crop cache (never cached), as the refere
 work describes: random flips, offsets (the reference: up to ~10% of the crop; luna's default 3%,
 see :class:`AugmentConfig`),
 scaling of +/-20%, rotation about the head-foot axis and Gaussian noise of ~25 HU; beyond the
-reference, a random loss of contrast and a random reconstruction kernel (see :class:`AugmentConfig`). The geometric
+reference, a random loss of contrast (see :class:`AugmentConfig`). The geometric
 part is one affine transform per sample, resampled with an affine grid (:func:`sampling_grid`) +
 ``grid_sample`` in a single pass, so the batch never round-trips to the CPU.
 
@@ -41,9 +41,6 @@ AIR_HU = -1000.0
 # Share of samples whose contrast is reduced; the rest keep the scanner's own, so the model
 # still mostly sees crops as they come.
 CONTRAST_PROBABILITY = 0.5
-# The in-plane Gaussian (standard deviation in voxels) that splits a crop into a smooth part and
-# its detail for the kernel augmentation; 1 voxel (1.4 mm crops) is about the blur of a soft kernel.
-KERNEL_SIGMA_VOX = 1.0
 
 
 @dataclass
@@ -66,12 +63,6 @@ class AugmentConfig:
             solid nodule then looks as faint as a ground-glass one, or as a small nodule blurred
             by partial volume in a thick slice. Without it the model meets few faint nodules in
             training and learns those few by heart instead of "a round thing, of any density".
-        kernel: largest change of the reconstruction kernel. Each sample's in-plane detail (the
-            crop less its Gaussian blur, :data:`KERNEL_SIGMA_VOX`) is multiplied by a gain uniform in
-            ``[1 - kernel, 1 + kernel]``, after the noise is added: a gain under 1 is a softer
-            kernel (smoother anatomy, correlated noise), over 1 a sharper one (crisper edges, more
-            and finer noise). Scanners differ most in this, and a model that saw one kernel reads
-            the noise texture of another as structure.
     """
 
     flip: bool = True
@@ -80,7 +71,6 @@ class AugmentConfig:
     rotate: bool = True
     noise: float = 25.0
     contrast: float = 0.6
-    kernel: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.offset <= 1.0:
@@ -92,8 +82,6 @@ class AugmentConfig:
             raise UsageError(f"augmentation noise must be a finite HU value >= 0, got {self.noise}")
         if not 0.0 <= self.contrast < 1.0:
             raise UsageError(f"augmentation contrast must be in [0, 1), got {self.contrast}")
-        if not 0.0 <= self.kernel <= 1.0:
-            raise UsageError(f"augmentation kernel must be in [0, 1], got {self.kernel}")
 
     @property
     def geometric(self) -> bool:
@@ -103,7 +91,7 @@ class AugmentConfig:
     @property
     def enabled(self) -> bool:
         """True when :func:`augment_batch` would change anything."""
-        return self.geometric or self.noise > 0 or self.contrast > 0 or self.kernel > 0
+        return self.geometric or self.noise > 0 or self.contrast > 0
 
 
 @dataclass
@@ -119,7 +107,6 @@ class AugmentParams:
             towards +R.
         noise_seed: seeds the device-side noise generator.
         contrast: (N,) factors the HU above air are multiplied by (1.0 = unchanged).
-        kernel_gain: (N,) gains of the in-plane detail (1.0 = the scan's own kernel).
     """
 
     flip: torch.Tensor
@@ -128,7 +115,6 @@ class AugmentParams:
     angle: torch.Tensor
     noise_seed: int
     contrast: torch.Tensor
-    kernel_gain: torch.Tensor
 
 
 def draw_params(n: int, config: AugmentConfig, generator: torch.Generator | None = None) -> AugmentParams:
@@ -157,8 +143,6 @@ def draw_params(n: int, config: AugmentConfig, generator: torch.Generator | None
     noise_seed = int(torch.randint(_MAX_SEED, (1,), generator=generator, device=device))
     # Drawn last, so runs without it keep every earlier draw of a given seed.
     fade = (uniform(n) < CONTRAST_PROBABILITY) * uniform(n) * config.contrast
-    # Drawn only when on, so that runs without it keep their random stream.
-    kernel_gain = 1 + (uniform(n) * 2 - 1) * config.kernel if config.kernel > 0 else torch.ones(n)
     return AugmentParams(
         flip=flip & bool(config.flip),
         offset=offset,  # already 0 when config.offset == 0, as are the scale deviations
@@ -166,7 +150,6 @@ def draw_params(n: int, config: AugmentConfig, generator: torch.Generator | None
         angle=angle if config.rotate else torch.zeros_like(angle),
         noise_seed=noise_seed,
         contrast=1.0 - fade,
-        kernel_gain=kernel_gain,
     )
 
 
@@ -236,32 +219,6 @@ def sampling_grid(theta: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return grid + column(0) * centres(size_c)[None, None, None, :, None]       # (N, I, R, C, 3)
 
 
-def in_plane_blur(batch: torch.Tensor, sigma_vox: float = KERNEL_SIGMA_VOX) -> torch.Tensor:
-    """A Gaussian blur of an (N, 1, I, R, C) float batch along R and C (not I, the slice axis).
-
-    Separable: two 1-D convolutions, with the edge voxels repeated rather than zeros (0 HU is
-    water) so that a crop's border does not darken.
-    """
-    radius = max(1, math.ceil(3 * sigma_vox))
-    taps = torch.arange(-radius, radius + 1, dtype=batch.dtype, device=batch.device)
-    weights = torch.exp(-0.5 * (taps / sigma_vox) ** 2)
-    weights = weights / weights.sum()
-    out = F.pad(batch, (radius, radius, radius, radius, 0, 0), mode="replicate")
-    out = F.conv3d(out, weights.view(1, 1, 1, 1, -1))         # along C
-    return F.conv3d(out, weights.view(1, 1, 1, -1, 1))        # along R
-
-
-def change_kernel(batch: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
-    """Each sample's in-plane detail times its gain: ``smooth + gain * (batch - smooth)``.
-
-    Args:
-        batch: (N, 1, I, R, C) float32.
-        gain: (N,) float32 on the batch's device; 1 leaves a sample as it is.
-    """
-    smooth = in_plane_blur(batch)
-    return torch.lerp(smooth, batch, gain.view(-1, 1, 1, 1, 1))
-
-
 def augment_batch(batch: torch.Tensor, config: AugmentConfig,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Augment every sample of a batch with its own random transform and noise.
@@ -302,9 +259,6 @@ def augment_batch(batch: torch.Tensor, config: AugmentConfig,
         noise_gen.manual_seed(params.noise_seed)
         noise = torch.randn(out.shape, generator=noise_gen, device=batch.device, dtype=torch.float32)
         out = noise.mul_(config.noise).add_(out)  # fresh tensor: never writes into the input
-
-    if config.kernel > 0:
-        out = change_kernel(out, params.kernel_gain.to(device=batch.device, dtype=torch.float32))
 
     if batch.is_contiguous(memory_format=torch.channels_last_3d) and not batch.is_contiguous():
         out = out.contiguous(memory_format=torch.channels_last_3d)

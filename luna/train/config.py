@@ -69,7 +69,6 @@ class TrainConfig:
     augment_rotate: bool = True
     augment_noise: float = AugmentConfig.noise
     augment_contrast: float = AugmentConfig.contrast
-    augment_kernel: float = AugmentConfig.kernel
     # speed
     precision: str = "auto"
     channels_last: str = "auto"
@@ -102,6 +101,5 @@ class TrainConfig:
         if not self.augmented:
             return None
         config = AugmentConfig(flip=self.augment_flip, offset=self.augment_offset, scale=self.augment_scale,
-                               rotate=self.augment_rotate, noise=self.augment_noise, contrast=self.augment_contrast,
-                               kernel=self.augment_kernel)
+                               rotate=self.augment_rotate, noise=self.augment_noise, contrast=self.augment_contrast)
         return config if config.enabled else None

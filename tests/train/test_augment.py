@@ -8,8 +8,7 @@ import torch
 
 import torch.nn.functional as F
 
-from luna.train.augment import (AugmentConfig, augment_batch, build_theta, change_kernel, draw_params, in_plane_blur,
-                                sampling_grid)
+from luna.train.augment import AugmentConfig, augment_batch, build_theta, draw_params, sampling_grid
 from luna.errors import UsageError
 
 OFF = dict(flip=False, offset=0.0, scale=0.0, rotate=False, noise=0.0, contrast=0.0)
@@ -43,15 +42,14 @@ def centroid(volume: torch.Tensor) -> torch.Tensor:
 
 def test_config_defaults_and_validation():
     config = AugmentConfig()
-    values = (config.flip, config.offset, config.scale, config.rotate, config.noise, config.contrast, config.kernel)
-    assert values == (True, 0.03, 0.2, True, 25.0, 0.6, 0.0)
+    values = (config.flip, config.offset, config.scale, config.rotate, config.noise, config.contrast)
+    assert values == (True, 0.03, 0.2, True, 25.0, 0.6)
     assert config.enabled and config.geometric
     assert not AugmentConfig(**OFF).enabled
     assert only(noise=5.0).enabled and not only(noise=5.0).geometric
     assert only(contrast=0.5).enabled and not only(contrast=0.5).geometric
-    assert only(kernel=0.5).enabled and not only(kernel=0.5).geometric
     for bad in (dict(offset=-0.1), dict(scale=1.0), dict(noise=-1.0), dict(noise=math.inf),
-                dict(contrast=1.0), dict(contrast=-0.1), dict(kernel=-0.1), dict(kernel=1.5)):
+                dict(contrast=1.0), dict(contrast=-0.1)):
         with pytest.raises(UsageError):
             AugmentConfig(**bad)
 
@@ -131,46 +129,6 @@ def test_contrast_only_fades_towards_air_for_about_half_the_samples():
     assert 0.4 < unchanged < 0.6  # CONTRAST_PROBABILITY = 0.5
     faded = a[a < 1 - 1e-6]
     assert faded.min() < 0.45 and faded.max() > 0.95  # uniform over the whole range
-
-
-def test_kernel_is_drawn_only_when_on_and_keeps_the_other_draws():
-    plain = draw_params(6, AugmentConfig(), gen(7))
-    sharp = draw_params(6, AugmentConfig(kernel=0.8), gen(7))
-    for name in ("flip", "offset", "scale", "angle", "contrast"):
-        assert torch.equal(getattr(plain, name), getattr(sharp, name))
-    assert torch.all(plain.kernel_gain == 1.0)
-    assert sharp.kernel_gain.min() >= 0.2 - 1e-6 and sharp.kernel_gain.max() <= 1.8 + 1e-6
-
-
-def test_in_plane_blur_keeps_flat_crops_and_leaves_slices_apart():
-    flat = torch.full((2, 1, 3, 9, 9), -600.0)
-    torch.testing.assert_close(in_plane_blur(flat), flat)  # edges repeated, not padded with water
-    point = torch.zeros(1, 1, 3, 15, 15)
-    point[0, 0, 1, 7, 7] = 1000.0
-    out = in_plane_blur(point, sigma_vox=1.0)
-    assert torch.all(out[0, 0, 0] == 0) and torch.all(out[0, 0, 2] == 0)  # nothing spills across slices
-    assert out.sum().item() == pytest.approx(1000.0, rel=1e-5)  # a blur keeps the total
-    # A Gaussian of 1 voxel: the next voxel in-plane gets exp(-1/2) of the centre, along either axis.
-    assert out[0, 0, 1, 7, 8].item() == pytest.approx(out[0, 0, 1, 7, 7].item() * math.exp(-0.5), rel=1e-4)
-    assert out[0, 0, 1, 8, 7].item() == pytest.approx(out[0, 0, 1, 7, 8].item(), rel=1e-5)
-
-
-def test_kernel_gain_softens_or_sharpens_the_detail_only():
-    noise = torch.randn(3, 1, 8, 32, 32, generator=gen(3)) * 50 - 300
-    out = change_kernel(noise, torch.tensor([0.0, 1.0, 1.8]))
-    torch.testing.assert_close(out[1], noise[1])                        # gain 1: as it was
-    torch.testing.assert_close(out[0], in_plane_blur(noise)[0])         # gain 0: the smooth part only
-    for sample in out:
-        assert sample.mean().item() == pytest.approx(-300.0, abs=3.0)  # the HU level stays
-    stds = [sample.std().item() for sample in out]
-    assert stds[0] < 0.5 * stds[1] and stds[2] > 1.5 * stds[1]          # softer / sharper noise
-
-
-def test_kernel_only_changes_each_sample_by_its_drawn_gain():
-    batch = torch.randn(5, 1, 6, 20, 20, generator=gen(4)) * 40
-    config = only(kernel=0.7)
-    gains = draw_params(5, config, gen(9)).kernel_gain
-    torch.testing.assert_close(augment_batch(batch, config, gen(9)), change_kernel(batch, gains))
 
 
 def test_flip_only_is_an_exact_flip_of_the_drawn_axes():

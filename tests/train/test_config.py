@@ -20,7 +20,7 @@ def test_defaults_are_the_working_recipe():
     assert c.hard_negatives == 0.5 and c.lr == 2e-3 and c.skip_excluded and c.best_metric == "epoch"
     aug = c.augment()
     assert aug.flip and aug.rotate and aug.offset == 0.03 and aug.scale == 0.2 and aug.noise == 25.0
-    assert aug.contrast == 0.6 and aug.kernel == 0.0
+    assert aug.contrast == 0.6
 
 
 def test_augmentation_switches():
@@ -29,7 +29,6 @@ def test_augmentation_switches():
            "--augment-noise", "0"]
     assert LunaTrainingApp(off + ["--augment-contrast", "0"]).config.augment() is None
     assert LunaTrainingApp(off).config.augment().contrast == 0.6
-    assert LunaTrainingApp(off + ["--augment-contrast", "0", "--augment-kernel", "0.5"]).config.augment().kernel == 0.5
     with pytest.raises(UsageError):
         LunaTrainingApp(["--augment-scale", "1.5"]).config.augment()
 

@@ -48,7 +48,7 @@ def test_help_lists_reference_flags(capsys):
     out = capsys.readouterr().out
     for flag in ("--num-workers", "--batch-size", "--epochs", "--tb-prefix", "comment", "--lr", "--momentum",
                  "--optimizer", "--balanced", "--epoch-size", "--augment", "--no-augment", "--augment-flip", "--augment-offset",
-                 "--augment-scale", "--augment-rotate", "--augment-noise", "--augment-contrast", "--augment-kernel", "--resume", "--seed",
+                 "--augment-scale", "--augment-rotate", "--augment-noise", "--augment-contrast", "--resume", "--seed",
                  "--precision", "--crop-edge", "--crop-mm"):
         assert flag in out, flag
     assert "(default: 32)" in out
