@@ -174,9 +174,11 @@ class NoCacheDataset:
         return crop, torch.tensor([1, 0]), "uid", torch.tensor([ndx, 0, 0])
 
 
-def check_same_samples(ours, reference, n: int = 64) -> None:
-    """Both designs must hand out the same crops and centres, or the comparison means nothing."""
-    for ndx in np.linspace(0, len(ours) - 1, min(n, len(ours))).astype(int):
+def check_same_samples(ours, reference, lps: set[str], n: int = 64) -> None:
+    """Both designs must hand out the same crops and centres, or the comparison means nothing.
+    Checked on the scans stored in LPS order (``lps``): see :func:`reference_cache.stored_in_lps`."""
+    on_lps = [ndx for ndx, info in enumerate(ours.candidates) if info.series_uid in lps]
+    for ndx in (on_lps[k] for k in np.linspace(0, len(on_lps) - 1, min(n, len(on_lps))).astype(int)):
         a, b = ours[int(ndx)], reference[int(ndx)]
         if not (np.array_equal(a[0].numpy(), b[0].numpy()) and np.array_equal(a[1], b[1]) and a[2] == b[2]
                 and np.array_equal(a[3].numpy(), b[3].numpy())):
@@ -261,9 +263,12 @@ def main(argv: list[str] | None = None) -> None:
             reference_cache.ReferenceCache(cache_dirs[design], series_paths, design), candidates)
             for design in cache_dirs if design != "ours"}
         datasets = {"ours": ours, **refs}
+        lps = {uid for uid, path in series_paths.items() if reference_cache.stored_in_lps(path)}
         for design, ref in refs.items():
-            check_same_samples(ours, ref)
-        say("\nsame crops, labels, uids and centres from all caches (checked on 64 samples)")
+            check_same_samples(ours, ref, lps)
+        say(f"\nsame crops, labels, uids and centres from all caches (checked on 64 samples of the {len(lps)} "
+            f"scans of {len(series_paths)} stored in LPS order; luna reorients the others, so there its crops "
+            "are the reference's mirrored)")
         order = np.random.default_rng(0).permutation(len(candidates))
         progress("reads")
         say("\n== warm-cache random-order full samples, one process (1 core) ==")

@@ -96,6 +96,20 @@ class RefCt:
         return self.hu_a[tuple(slices)], center_irc
 
 
+def stored_in_lps(series_path: Path) -> bool:
+    """Whether a scan's voxels are stored in LPS order (identity direction).
+
+    luna reorients every scan to LPS when it reads it; the reference crops the array as stored.
+    On a scan stored in another order (some synthetic scans flip axes, as real ones do) the two
+    designs' crops are mirror images, cut at slightly different voxels near the edges, so the
+    benchmarks compare sample values only on LPS scans. Cost is the same either way.
+    """
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(series_path))
+    reader.ReadImageInformation()
+    return bool(np.allclose(reader.GetDirection(), np.eye(3).ravel()))
+
+
 class ReferenceCache:
     """``getCtRawCandidate`` with its disk memo, in one of :data:`MODES`.
 
