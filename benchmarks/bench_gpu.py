@@ -7,7 +7,7 @@ peak memory, the default recipe against the reference model in float32, in one r
 What it does, on one device:
 1. ``luna synth --size full`` scans (512 x 512 x 250-350, like LUNA16) into a temp dir, and
    ``luna prepcache`` of their candidates (CPU work, timed apart).
-2. ``luna train`` for one fixed-size epoch with the default recipe (luna_centre, bf16 autocast,
+2. ``luna train`` for one fixed-size epoch with the default recipe (luna_twoscale, bf16 autocast,
    channels-last, augmentation on the device) and with the reference model in float32 (LunaModel,
    default memory format, no augmentation), the same data and batch size: training samples/s from
    each run's ``summary.csv`` and their ratio.

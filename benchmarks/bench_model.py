@@ -8,7 +8,10 @@ side in one run, on the same random HU batches, batch 32, one 32x48x48 crop per 
 - LunaModel with the speed settings luna picks on a CPU (bf16 autocast, channels_last_3d);
 - luna_bn with a BatchNorm after every convolution (``batch_norm_from=1``);
 - luna_bn as shipped (BatchNorm from block 2 on; block 1 keeps the reference's convolutions);
-- luna_centre, the default (luna_bn plus a branch of 16/32/64 channels on the crop's central 16x24x24).
+- luna_centre, the previous default (luna_bn plus a branch of 16/32/64 channels on the crop's
+  central 16x24x24);
+- luna_twoscale, the default (luna_centre's branch, and a trunk of 16/32/64 channels on the whole
+  crop averaged to 16x24x24).
 
 A training step is forward, float32 cross-entropy, backward and an AdamW step; inference is a
 forward pass under ``no_grad`` in eval mode. Also timed: the default augmentation of one batch
@@ -55,7 +58,8 @@ CASES = [
     Case("luna, bf16 + channels-last", {"name": "luna"}, "bf16", True),
     Case("luna_bn, norm in every block", {"name": "luna_bn", "batch_norm_from": 1}, "bf16", True),
     Case("luna_bn, norm from block 2", {"name": "luna_bn"}, "bf16", True),
-    Case("luna_centre (default)", {"name": "luna_centre"}, "bf16", True),
+    Case("luna_centre", {"name": "luna_centre"}, "bf16", True),
+    Case("luna_twoscale (default)", {"name": "luna_twoscale"}, "bf16", True),
 ]
 
 
@@ -146,8 +150,11 @@ def main(argv: list[str] | None = None) -> None:
                    f"{infer:>8.1f} {infer / eval_rate[0]:>6.2f}")
     every, default = train_rate[2], train_rate[3]
     report.say(f"\nluna_bn training, norm from block 2 vs in every block: {default / every:.2f}x")
-    report.say(f"time of a training step against luna_bn: luna_centre {default / train_rate[4]:.2f}x; "
-               f"of inference: {eval_rate[3] / eval_rate[4]:.2f}x")
+    report.say(f"time of a training step against luna_bn: luna_centre {default / train_rate[4]:.2f}x, "
+               f"luna_twoscale {default / train_rate[5]:.2f}x; of inference: {eval_rate[3] / eval_rate[4]:.2f}x, "
+               f"{eval_rate[3] / eval_rate[5]:.2f}x")
+    report.say(f"the default against the previous one (luna_twoscale / luna_centre): training "
+               f"{train_rate[5] / train_rate[4]:.2f}x, inference {eval_rate[5] / eval_rate[4]:.2f}x")
 
     # Augmentation, as training applies it: on the float32 channels-last batch, default strengths.
     x = runners[3].batch

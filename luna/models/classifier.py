@@ -181,15 +181,27 @@ class LunaCentreModel(LunaBnModel):
 
     def __init__(self, in_channels: int = 1, conv_channels: int = 8,
                  crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC, batch_norm_from: int = 2,
-                 centre_channels: int = 16) -> None:
+                 centre_channels: int = 16, context_pool: int = 1) -> None:
         super().__init__(in_channels, conv_channels, crop_shape_irc, batch_norm_from)
+        if context_pool not in (1, 2):
+            raise ValueError(f"context_pool must be 1 or 2, got {context_pool}")
         self._config["centre_channels"] = int(centre_channels)
+        self._config["context_pool"] = int(context_pool)
         width = [in_channels, centre_channels, 2 * centre_channels, 4 * centre_channels]
         self.centre_blocks = nn.Sequential(*(LunaBlock(width[k], width[k + 1], batch_norm=True) for k in range(3)))
-        centre_shape = [s // 2 // 2 ** 3 for s in self._config["crop_shape_irc"]]
+        size = self._config["crop_shape_irc"]
+        centre_shape = [s // 2 // 2 ** 3 for s in size]
         if min(centre_shape) < 1:
-            raise ValueError(f"crop_shape_irc {self._config['crop_shape_irc']} is too small for the centre branch")
-        self.head_linear = nn.Linear(self.head_linear.in_features + width[-1] * math.prod(centre_shape), 2)
+            raise ValueError(f"crop_shape_irc {size} is too small for the centre branch")
+        trunk_features = self.head_linear.in_features
+        self.context_pool = nn.Identity()
+        if context_pool == 2:
+            # The trunk reads the whole crop averaged over 2x2x2 voxels; three blocks then reach
+            # the grid that four reach at full resolution, so the fourth goes.
+            self.context_pool = nn.AvgPool3d(2)
+            self.block4 = nn.Identity()
+            trunk_features = conv_channels * 2 ** (_NUM_BLOCKS - 2) * math.prod(s // 2 ** _NUM_BLOCKS for s in size)
+        self.head_linear = nn.Linear(trunk_features + width[-1] * math.prod(centre_shape), 2)
         for module in self.centre_blocks.modules():
             if isinstance(module, nn.Conv3d):
                 nn.init.kaiming_normal_(module.weight, a=0, mode="fan_out", nonlinearity="relu")
@@ -204,12 +216,30 @@ class LunaCentreModel(LunaBnModel):
         # A slice of a channels-last tensor is strided oddly; oneDNN wants it dense.
         if x.is_contiguous(memory_format=torch.channels_last_3d):
             centre = centre.contiguous(memory_format=torch.channels_last_3d)
-        trunk = self.block4(self.block3(self.block2(self.block1(x))))
+        trunk = self.block4(self.block3(self.block2(self.block1(self.context_pool(x)))))
         return torch.cat([torch.flatten(trunk, 1), torch.flatten(self.centre_blocks(centre), 1)], dim=1)
+
+
+class LunaTwoScaleModel(LunaCentreModel):
+    """``luna_centre`` whose trunk reads the crop at half resolution (``context_pool=2``).
+
+    The centre branch already sees the candidate at full resolution; what the trunk adds is
+    context (a vessel going on, the pleura), which survives averaging 2x2x2 voxels. Its first
+    block then convolves an eighth of the voxels, and that block was most of the cost; with
+    an eighth of the voxels the trunk can afford the centre branch's widths (16, 32, 64).
+    """
+
+    name = "luna_twoscale"
+
+    def __init__(self, in_channels: int = 1, conv_channels: int = 16,
+                 crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC, batch_norm_from: int = 2,
+                 centre_channels: int = 16, context_pool: int = 2) -> None:
+        super().__init__(in_channels, conv_channels, crop_shape_irc, batch_norm_from, centre_channels, context_pool)
 
 
 CLASSIFIERS: dict[str, type[LunaModel]] = {
     "luna": LunaModel,
     "luna_bn": LunaBnModel,
     "luna_centre": LunaCentreModel,
+    "luna_twoscale": LunaTwoScaleModel,
 }

@@ -50,7 +50,7 @@ class TrainConfig:
     device: str = "auto"
     comment: str = "luna"
     # model and optimiser
-    model: str = "luna_centre"
+    model: str = "luna_twoscale"
     optimizer: str = "adamw"
     lr: float = 2e-3
     momentum: float = 0.99

@@ -209,3 +209,26 @@ def test_centre_model_reads_the_centre_at_full_resolution():
     last.load_state_dict(model.state_dict())
     torch.testing.assert_close(last(x.contiguous(memory_format=torch.channels_last_3d))[0], logits,
                                rtol=1e-4, atol=1e-4)
+
+
+def test_twoscale_model_reads_the_context_at_half_resolution():
+    torch.manual_seed(0)
+    model = build_model({"name": "luna_twoscale", "conv_channels": 4, "centre_channels": 4}).eval()
+    # Three trunk blocks of 4, 8, 16 channels on the 16 x 24 x 24 average reach the 2 x 3 x 3
+    # grid that four blocks reach at full resolution; the centre branch is luna_centre's.
+    assert isinstance(model.block4, nn.Identity)
+    assert model.head_linear.in_features == 16 * 2 * 3 * 3 + 16 * 2 * 3 * 3
+    x = torch.randn(2, 1, 32, 48, 48) * 300
+    logits, _ = model(x)
+    with torch.no_grad():
+        pooled = nn.functional.avg_pool3d(model.tail_batchnorm(x), 2)
+        trunk = model.block3(model.block2(model.block1(pooled)))
+    assert trunk.shape == (2, 16, 2, 3, 3)
+    rebuilt = build_model(json.loads(json.dumps(model.config))).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(rebuilt(x)[0], logits)
+    # Checkpoints of luna_centre from before context_pool existed rebuild at full resolution.
+    old = build_model({"name": "luna_centre", "centre_channels": 4})
+    assert old.config["context_pool"] == 1 and not isinstance(old.block4, nn.Identity)
+    with pytest.raises(DataError, match="context_pool must be 1 or 2"):
+        build_model({"name": "luna_centre", "context_pool": 4})

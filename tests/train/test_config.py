@@ -16,7 +16,7 @@ def test_the_flags_defaults_are_the_configs_defaults():
 
 def test_defaults_are_the_working_recipe():
     c = TrainConfig()
-    assert (c.model, c.optimizer, c.balanced, c.augmented, c.lr_schedule) == ("luna_centre", "adamw", 1, True, "cosine")
+    assert (c.model, c.optimizer, c.balanced, c.augmented, c.lr_schedule) == ("luna_twoscale", "adamw", 1, True, "cosine")
     assert c.hard_negatives == 0.5 and c.lr == 2e-3 and c.skip_excluded and c.best_metric == "epoch"
     aug = c.augment()
     assert aug.flip and aug.rotate and aug.offset == 0.03 and aug.scale == 0.2 and aug.noise == 25.0

@@ -121,7 +121,7 @@ def test_safe_changes_are_accepted(change):
 @pytest.mark.parametrize("change, said", [
     ({"val_stride": 10}, "--val-stride 2, not --val-stride 10"),
     ({"split": "candidate"}, "--split scan, not --split candidate"),
-    ({"model": "luna"}, "--model luna_centre, not --model luna"),
+    ({"model": "luna"}, "--model luna_twoscale, not --model luna"),
     ({"optimizer": "sgd"}, "--optimizer adamw, not --optimizer sgd"),
     ({"balanced": 0}, "--balanced 1, not --balanced 0"),
     ({"seed": 1}, "--seed 0, not --seed 1"),

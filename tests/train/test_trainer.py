@@ -94,7 +94,7 @@ def test_checkpoint_reloads_in_a_new_process(data, tmp_path):
         "from luna.runtime.checkpoint import load_checkpoint, load_model_state\n"
         "from luna.models.registry import build_model\n"
         "ckpt = load_checkpoint(sys.argv[1])\n"
-        "model = build_model(ckpt['model_config']); load_model_state(model, ckpt, sys.argv[1], 'luna_centre')\n"
+        "model = build_model(ckpt['model_config']); load_model_state(model, ckpt, sys.argv[1], 'luna_twoscale')\n"
         "model.eval(); torch.manual_seed(0)\n"
         "print(float(model(torch.randn(2, 1, 32, 48, 48) * 300)[1][:, 1].sum()), ckpt['epoch'], ckpt['samples_seen'])\n")
     out = subprocess.run([sys.executable, "-c", code, str(ckpt_path)], capture_output=True, text=True,
