@@ -80,7 +80,7 @@ def add_training_args(parser: argparse.ArgumentParser, own_run_dir: bool = True)
     model.add_argument("--model", choices=sorted(CLASSIFIERS), default=TrainConfig.model,
                        help="architecture: luna (the reference), luna_bn (batch norm after each conv of blocks 2-4), "
                             "luna_centre (luna_bn plus a wider branch on the crop's centre at full resolution) or "
-                            "luna_twoscale (luna_centre with its trunk on the crop at half resolution: 2.3x faster)")
+                            "luna_twoscale (luna_centre with its trunk on the crop at half resolution: ~3x faster)")
     model.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="optimiser")
     model.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate")
     model.add_argument("--momentum", type=float, default=0.99, help="SGD momentum (the reference's 0.99)")
