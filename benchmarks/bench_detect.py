@@ -5,8 +5,8 @@ measures seconds and bytes rather than ratios: the whole `luna detect` command o
 of `luna synth --size full`, in a fresh process each round, with
 
 - wall seconds of the whole command (Python and torch start-up, both models loaded, the scan
-  read, resampled, segmented, grouped, classified with 8 views, the files written);
-- the per-stage seconds the scan's JSON records (read, resample, segment, group, classify);
+  read, resampled, segmented, grouped, its blobs found, classified with 8 views, the files written);
+- the per-stage seconds the scan's JSON records (read, resample, segment, group, blobs, classify);
 - CPU seconds (user + system) of the command: on a shared machine the wall time depends on the
   other work, the CPU seconds much less; on an idle machine wall ~ CPU / cores;
 - the command's peak RSS.

@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from luna.cli.common import (add_common_args, add_device_args, fraction, new_parser, non_negative_float, positive_int,
-                             run_app)
+from luna.cli.common import (add_common_args, add_device_args, fraction, new_parser, non_negative_float,
+                             non_negative_int, positive_int, run_app)
 from luna.eval.suppression import NMS_RADIUS_MM, SUPPRESSED_SCALE
+from luna.infer.blobs import MAX_BLOBS
 from luna.infer.detect import MAX_CANDIDATES, PICTURE_THRESHOLD, SPLIT_CHOICES, DetectConfig, detect
 from luna.infer.grouping import THRESHOLD
 from luna.models.views import VIEW_COUNTS
@@ -54,6 +55,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-candidates", type=positive_int, default=MAX_CANDIDATES,
                         help="findings per scan at most: when grouping gives more candidates, the classifier at "
                              "one view picks which to keep")
+    parser.add_argument("--max-blobs", type=non_negative_int, default=MAX_BLOBS,
+                        help="blob-shaped candidates per scan added to the segmentation's, the strongest (a "
+                             "multi-scale Laplacian-of-Gaussian detector: small and faint nodules); 0 = the "
+                             "segmentation's only")
     parser.add_argument("--threshold", type=fraction, default=THRESHOLD,
                         help="segmentation probability above which a voxel is marked")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="classifier crops per forward pass")

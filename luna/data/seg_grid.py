@@ -108,24 +108,19 @@ def to_grid(ct: Ct, grid: SegGrid) -> GridVolume:
                       np.asarray(ct.direction, dtype=np.float64).reshape(3, 3))
 
 
-def lung_region(volume: GridVolume) -> tuple[slice, slice, slice]:
-    """The box of a scan that holds its lungs, with a margin: where nodules can be.
+def lung_air(hu_a: np.ndarray, spacing_irc: Sequence[float]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The body of a chest scan and the air inside it (lungs and airways), as masks of ``hu_a``.
 
     The body is the largest connected part above ``BODY_HU``; with its holes filled slice by
-    slice, the air inside it is the lungs (and airways), of which the parts of more than a few
-    millilitres count. Segmenting only this box costs a fifth of the whole scan on the built-in
-    data, and nothing outside the chest can become a finding. When the air found is less than
-    ``MIN_LUNG_ML`` (an open body outline, a scan that is not a chest) the box of the body is
-    used, and the whole scan when there is no body either: slower, never a lung left out.
-
-    Works on every second voxel: the margin is far larger than the voxels this loses.
+    slice, the air inside it is the lungs, of which the pockets of more than a few millilitres
+    count. Returns ``(body, lungs)``: ``lungs`` is None when the air found is less than
+    ``MIN_LUNG_ML`` (an open body outline, a scan that is not a chest), and both are None when
+    nothing is dense.
     """
-    step = 2
-    dense = np.asarray(volume.hu_a[::step, ::step, ::step]) > BODY_HU
-    whole = tuple(slice(0, n) for n in volume.hu_a.shape)
+    dense = np.asarray(hu_a) > BODY_HU
     labels, count = ndimage.label(dense)
     if count == 0:
-        return whole
+        return None, None
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     body = labels == sizes.argmax()
@@ -133,12 +128,29 @@ def lung_region(volume: GridVolume) -> tuple[slice, slice, slice]:
     per_slice[1] = ndimage.generate_binary_structure(2, 1)
     air = ndimage.binary_fill_holes(body, structure=per_slice) & ~dense
     labels, count = ndimage.label(air)
-    voxel_ml = float(np.prod(volume.spacing_irc)) * step ** 3 / 1000
+    voxel_ml = float(np.prod(spacing_irc)) / 1000
     air_ml = np.bincount(labels.ravel()) * voxel_ml
     air_ml[0] = 0
     pockets = np.flatnonzero(air_ml > 0.01 * MIN_LUNG_ML)
-    found = np.isin(labels, pockets) if air_ml[pockets].sum() >= MIN_LUNG_ML else body
-    corners = np.argwhere(found)
+    if air_ml[pockets].sum() < MIN_LUNG_ML:
+        return body, None
+    return body, np.isin(labels, pockets)
+
+
+def lung_region(volume: GridVolume) -> tuple[slice, slice, slice]:
+    """The box of a scan that holds its lungs (:func:`lung_air`), with a margin: where nodules can be.
+
+    Segmenting only this box costs a fifth of the whole scan on the built-in data, and nothing
+    outside the chest can become a finding. Without lungs the box of the body is used, and the
+    whole scan when there is no body either: slower, never a lung left out.
+
+    Works on every second voxel: the margin is far larger than the voxels this loses.
+    """
+    step = 2
+    body, lungs = lung_air(volume.hu_a[::step, ::step, ::step], volume.spacing_irc * step)
+    if body is None:
+        return tuple(slice(0, n) for n in volume.hu_a.shape)
+    corners = np.argwhere(lungs if lungs is not None else body)
     margin = np.ceil(LUNG_MARGIN_MM / volume.spacing_irc).astype(int)
     low = np.maximum(corners.min(axis=0) * step - margin, 0)
     high = np.minimum(corners.max(axis=0) * step + step + margin, volume.hu_a.shape)

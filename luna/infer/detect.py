@@ -6,8 +6,10 @@ map are the memory held):
 1. read it (:func:`read_scan`, the one place a scan file is opened);
 2. resample it to the segmentation model's grid and segment the lung region
    (:mod:`luna.infer.segmentation`);
-3. group the marked voxels into candidates (:mod:`luna.infer.grouping`); when there are more
-   than ``max_candidates``, keep those the classifier scores highest at a single view;
+3. group the marked voxels into candidates (:mod:`luna.infer.grouping`), and add the blobs of
+   the scan (:mod:`luna.infer.blobs`: the small and faint nodules the segmentation misses);
+   when there are more than ``max_candidates``, keep those the classifier scores highest at a
+   single view;
 4. score each candidate with the classifier and its test-time views
    (:func:`luna.infer.scoring.score_scan`), then lower near neighbours of a better one
    (:mod:`luna.eval.suppression`), exactly as ``luna predict`` does with given candidates;
@@ -33,6 +35,7 @@ from luna.data.crops import CropConfig
 from luna.data.seg_grid import SegGrid, lung_region, to_grid
 from luna.errors import DataError, UsageError
 from luna.eval.suppression import NMS_RADIUS_MM, suppress_neighbours
+from luna.infer.blobs import MAX_BLOBS, find_blobs
 from luna.infer.findings import Finding, ScanFindings, merge_rows, sorted_findings
 from luna.infer.grouping import THRESHOLD, group_candidates
 from luna.infer.predict import PredictConfig, crop_of_checkpoint, default_split, select_jobs
@@ -76,6 +79,7 @@ class DetectConfig:
     split: str | None = None
     pictures: bool = False
     max_candidates: int = MAX_CANDIDATES
+    max_blobs: int = MAX_BLOBS
     threshold: float = THRESHOLD
     batch_size: int = 64
     tta_views: int = 8
@@ -185,20 +189,45 @@ def _warn_if_seen_by_segmentation(data_dir: Path, scans: list[tuple[str, Path]],
                     "candidates there are not a held-out result", len(seen), len(scans), seg_args.get("val_stride"))
 
 
-def detect_scan(models: Models, series_uid: str, path: Path, config: DetectConfig) -> tuple[Ct, ScanFindings]:
-    """Steps 1-4 of the module docstring for one scan."""
-    seconds: dict[str, float] = {}
+@dataclass(frozen=True)
+class Candidate:
+    """A point to score, from either source, with the size and segmentation peak a finding reports."""
+
+    center_xyz: tuple[float, float, float]
+    diameter_mm: float
+    volume_mm3: float
+    segmentation_peak: float
+    source: str  # "segmentation" or "blob"
+
+
+def find_candidates(models: Models, ct: Ct, config: DetectConfig, seconds: dict[str, float]) -> list[Candidate]:
+    """Steps 2-3 of the module docstring, before the screening: components, then blobs."""
     started = time.perf_counter()
-    ct = read_scan(path, series_uid)
-    seconds["read"] = time.perf_counter() - started
     volume = to_grid(ct, models.grid)
     region = lung_region(volume)
-    seconds["resample"] = time.perf_counter() - started - sum(seconds.values())
+    seconds["resample"] = time.perf_counter() - started
     probability = segment_volume(models.segmenter, volume.hu_a, models.step_cfg, region=region)
-    seconds["segment"] = time.perf_counter() - started - sum(seconds.values())
-    candidates = group_candidates(probability, volume, config.threshold)
-    del probability, volume
-    seconds["group"] = time.perf_counter() - started - sum(seconds.values())
+    seconds["segment"] = time.perf_counter() - started - seconds["resample"]
+    candidates = [Candidate(c.center_xyz, c.diameter_mm, c.volume_mm3, c.max_probability, "segmentation")
+                  for c in group_candidates(probability, volume, config.threshold)]
+    seconds["group"] = time.perf_counter() - started - seconds["resample"] - seconds["segment"]
+    started = time.perf_counter()
+    for blob in find_blobs(ct, config.max_blobs) if config.max_blobs else []:
+        # The segmentation's verdict at the blob's centre, for the JSON.
+        irc = np.clip(np.rint(volume.xyz2irc_float(blob.center_xyz)).astype(int), 0, np.array(volume.hu_a.shape) - 1)
+        candidates.append(Candidate(blob.center_xyz, 2 * blob.radius_mm, float(np.pi * 4 / 3 * blob.radius_mm ** 3),
+                                    float(probability[tuple(irc)]), "blob"))
+    seconds["blobs"] = time.perf_counter() - started
+    return candidates
+
+
+def detect_scan(models: Models, series_uid: str, path: Path, config: DetectConfig) -> tuple[Ct, ScanFindings]:
+    """Steps 1-4 of the module docstring for one scan."""
+    started = time.perf_counter()
+    ct = read_scan(path, series_uid)
+    seconds = {"read": time.perf_counter() - started}
+    candidates = find_candidates(models, ct, config, seconds)
+    started = time.perf_counter()
     centers_xyz = np.array([c.center_xyz for c in candidates], dtype=np.float64).reshape(-1, 3)
     if len(candidates) > config.max_candidates:
         # More candidates than the cap: the classifier, at one view, picks the ones to keep.
@@ -208,10 +237,10 @@ def detect_scan(models: Models, series_uid: str, path: Path, config: DetectConfi
     scores = score_scan(models.classifier, ct, centers_xyz, models.step_cfg, config.batch_size, models.crop,
                         config.tta_views) if len(candidates) else np.zeros(0, dtype=np.float32)
     suppressed = suppress_neighbours(centers_xyz, scores, config.nms_mm)
-    seconds["classify"] = time.perf_counter() - started - sum(seconds.values())
+    seconds["classify"] = time.perf_counter() - started
     findings = [Finding(float(p), float(raw), tuple(float(v) for v in c.center_xyz),
                         tuple(float(v) for v in ct.xyz2irc_float(c.center_xyz)), c.diameter_mm, c.volume_mm3,
-                        c.max_probability) for c, p, raw in zip(candidates, suppressed, scores)]
+                        c.segmentation_peak, c.source) for c, p, raw in zip(candidates, suppressed, scores)]
     geometry = {"origin_xyz": list(map(float, ct.origin_xyz)), "spacing_xyz": list(map(float, ct.spacing_xyz)),
                 "direction": [float(v) for v in np.asarray(ct.direction).ravel()],
                 "shape_irc": [int(n) for n in ct.hu_a.shape]}

@@ -2,7 +2,8 @@
 
 A :class:`Finding` is a grouped candidate after the classifier: its probability (after
 suppression of near neighbours, as in the results file, and before), its centre in world
-millimetres and in the scan's own voxels, and the size the segmentation gives it. A scan's
+millimetres and in the scan's own voxels, the size the segmentation (or the blob detector) gives
+it, and which of the two proposed it. A scan's
 JSON holds its findings, most probable first, and the scan's geometry, so that a viewer can
 place them without the CSV.
 """
@@ -28,9 +29,11 @@ class Finding:
         classifier_probability: the classifier's own probability, before suppression.
         center_xyz: world millimetres.
         center_irc: continuous voxel position in the scan as stored (index, row, column).
-        diameter_mm: diameter of the sphere of the segmented volume.
-        volume_mm3: the segmented volume.
-        segmentation_peak: the highest probability the segmentation gave a voxel of it.
+        diameter_mm: diameter of the sphere of the segmented volume (of a blob: of its ball).
+        volume_mm3: the segmented volume (of a blob: of its ball).
+        segmentation_peak: the highest probability the segmentation gave a voxel of it (of a
+            blob: the probability at its centre).
+        source: what proposed it: ``"segmentation"`` or ``"blob"``.
     """
 
     probability: float
@@ -40,6 +43,7 @@ class Finding:
     diameter_mm: float
     volume_mm3: float
     segmentation_peak: float
+    source: str = "segmentation"
 
 
 @dataclass

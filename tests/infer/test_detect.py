@@ -237,13 +237,17 @@ def test_end_to_end_every_nodule_gets_a_finding_at_its_place(tmp_path):
     LunaDetectApp(["--segmentation", str(seg_run), "--classifier", str(cls_run), "--data-dir", str(data),
                    "--split", "all", "--out", str(out), "--tta-views", "1", "--precision", "fp32"]).main()
     predictions = read_predictions(out)
+    sources = set()
     for uid, rows in nodules.items():
         found = predictions.centers_xyz[predictions.series_uids == uid]
         assert hits(found, rows).any(axis=0).all(), f"a nodule of {uid} has no finding within its radius"
         report = json.loads((tmp_path / "detections_findings" / f"{uid}.json").read_text())
-        for x, y, z, diameter in rows:  # the nodule's own finding is sized as drawn
-            nearest = min(report["findings"], key=lambda f: np.linalg.norm(np.subtract(f["center_xyz"], (x, y, z))))
+        sources |= {f["source"] for f in report["findings"]}
+        segmented = [f for f in report["findings"] if f["source"] == "segmentation"]
+        for x, y, z, diameter in rows:  # the nodule's own component is sized as drawn
+            nearest = min(segmented, key=lambda f: np.linalg.norm(np.subtract(f["center_xyz"], (x, y, z))))
             assert abs(nearest["diameter_mm"] - diameter) < 0.35 * diameter
+    assert sources == {"segmentation", "blob"}  # both sources propose, the classifier picks
     LunaEvaluateApp(["--predictions", str(out), "--annotations", str(data / "annotations.csv"),
                      "--out-dir", str(tmp_path / "eval")]).main()
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
