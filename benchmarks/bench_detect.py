@@ -78,15 +78,21 @@ def main(argv: list[str] | None = None) -> None:
         command = [*LUNA, "detect", "--segmentation", str(args.segmentation), "--classifier",
                    str(args.classifier), "--out", str(out), str(scan)]
         report.say(f"command: luna detect --segmentation SEG --classifier CLS --out results.csv {scan.name}")
+        report.say("  each round beside the same with --max-blobs 0 (the segmentation's candidates only)")
         report.say()
-        report.say("round  wall s  CPU s  peak RSS GiB  load at end   stages (s, from the scan's JSON)")
+        report.say("round  candidates     wall s  CPU s  peak RSS GiB  load at end   stages (s, from the scan's JSON)")
+        walls: dict[str, list[float]] = {"default": [], "seg only": []}
         for round_ndx in range(1, args.rounds + 1):
-            wall, cpu, rss = run_once(command)
-            (json_path,) = Path(tmp, "results_findings").glob("*.json")
-            found = json.loads(json_path.read_text())
-            stages = ", ".join(f"{k} {v:.1f}" for k, v in found["seconds"].items())
-            report.say(f"{round_ndx:5d}  {wall:6.1f}  {cpu:5.1f}  {rss:12.2f}  {load_average():12}  {stages}; "
-                       f"{len(found['findings'])} findings")
+            for label, extra in (("default", []), ("seg only", ["--max-blobs", "0"])):
+                wall, cpu, rss = run_once(command + extra)
+                walls[label].append(wall)
+                (json_path,) = Path(tmp, "results_findings").glob("*.json")
+                found = json.loads(json_path.read_text())
+                stages = ", ".join(f"{k} {v:.1f}" for k, v in found["seconds"].items())
+                report.say(f"{round_ndx:5d}  {label:12}  {wall:6.1f}  {cpu:5.1f}  {rss:12.2f}  {load_average():12}  "
+                           f"{stages}; {len(found['findings'])} findings")
+        ratio = sum(walls["default"]) / sum(walls["seg only"])
+        report.say(f"wall time with the blobs / without: {ratio:.2f}x")
     report.say()
     report.say("goal: <= 60 s wall and <= 4 GiB peak RSS on 2 CPU cores")
     report.write()

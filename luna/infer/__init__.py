@@ -1,1 +1,1 @@
-"""From scans to scores with a trained model: candidate scoring and ``luna predict``'s job."""
+"""From scans to scores and findings with trained models: `luna predict`'s and `luna detect`'s jobs."""
