@@ -16,7 +16,9 @@ from typing import Callable, Sequence
 
 from luna.data.crops import CROP_EDGE, CROP_EDGES, CROP_VOXEL_MM, CropConfig
 from luna.errors import LunaError, describe_path_error, is_disk_full
+from luna.eval.suppression import NMS_RADIUS_MM, SUPPRESSED_SCALE
 from luna.luna16.paths import CACHE_DIR_ENV, DATA_DIR_ENV, default_cache_dir, default_data_dir
+from luna.models.views import DEFAULT_VIEW_COUNT, DEFAULT_VIEWS_TOP, VIEW_COUNTS
 from luna.runtime.device import CHANNELS_LAST_CHOICES, PRECISION_CHOICES
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,21 @@ def add_crop_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
                         help="crops that would leave the volume: pad (stay centred on the candidate, air "
                              "outside) or shift (the reference: moved inside, off the candidate); prepcache "
                              "and train must agree")
+
+
+def add_scoring_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--tta-views``, ``--tta-top`` and ``--nms-mm``: how ``luna predict`` and ``luna detect`` score a scan."""
+    parser.add_argument("--tta-views", type=int, choices=VIEW_COUNTS, default=DEFAULT_VIEW_COUNT,
+                        help="test-time augmentation: average the model over this many in-plane symmetric "
+                             "views of each crop (turns, mirror images); 1 = off, the compute grows with it")
+    parser.add_argument("--tta-top", type=non_negative_int, default=DEFAULT_VIEWS_TOP, metavar="K",
+                        help="score every candidate at one view, then only the K best of each scan with all "
+                             "--tta-views (the others keep their one-view score); 0 = all views for every "
+                             "candidate")
+    parser.add_argument("--nms-mm", type=non_negative_float, default=NMS_RADIUS_MM,
+                        help="non-maximum suppression: a candidate closer than this to a higher-scoring "
+                             f"one of its scan is taken as the same finding and its probability is scaled by "
+                             f"{SUPPRESSED_SCALE:g} (every row is still written); 0 = off")
 
 
 def add_device_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -16,13 +16,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from luna.cli.common import (add_common_args, add_device_args, fraction, new_parser, non_negative_float,
+from luna.cli.common import (add_common_args, add_device_args, add_scoring_args, fraction, new_parser,
                              non_negative_int, positive_int, run_app)
-from luna.eval.suppression import NMS_RADIUS_MM, SUPPRESSED_SCALE
 from luna.infer.blobs import MAX_BLOBS
 from luna.infer.detect import MAX_CANDIDATES, PICTURE_THRESHOLD, SPLIT_CHOICES, DetectConfig, detect
 from luna.infer.grouping import THRESHOLD
-from luna.models.views import VIEW_COUNTS
 from luna.report.finding_pictures import draw_findings
 
 log = logging.getLogger(__name__)
@@ -53,8 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=f"also a PNG of each finding scored above {PICTURE_THRESHOLD:g}: axial, coronal and "
                              "sagittal slices through it, the finding circled")
     parser.add_argument("--max-candidates", type=positive_int, default=MAX_CANDIDATES,
-                        help="findings per scan at most: when grouping gives more candidates, the classifier at "
-                             "one view picks which to keep")
+                        help="findings per scan at most: the most probable after the views and the suppression")
     parser.add_argument("--max-blobs", type=non_negative_int, default=MAX_BLOBS,
                         help="blob-shaped candidates per scan added to the segmentation's, the strongest (a "
                              "multi-scale Laplacian-of-Gaussian detector: small and faint nodules); 0 = the "
@@ -62,12 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=fraction, default=THRESHOLD,
                         help="segmentation probability above which a voxel is marked")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="classifier crops per forward pass")
-    parser.add_argument("--tta-views", type=int, choices=VIEW_COUNTS, default=8,
-                        help="test-time augmentation of the classifier: the mean over this many in-plane symmetric "
-                             "views of each crop; 1 = off")
-    parser.add_argument("--nms-mm", type=non_negative_float, default=NMS_RADIUS_MM,
-                        help="a finding closer than this to a higher-scoring one of its scan has its probability "
-                             f"scaled by {SUPPRESSED_SCALE:g} (every row is still written); 0 = off")
+    add_scoring_args(parser)
     add_device_args(parser)
     return add_common_args(parser)
 

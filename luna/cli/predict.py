@@ -7,11 +7,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from luna.cli.common import (add_common_args, add_device_args, new_parser, non_negative_float, non_negative_int,
-                             positive_int, run_app)
-from luna.eval.suppression import NMS_RADIUS_MM, SUPPRESSED_SCALE
+from luna.cli.common import add_common_args, add_device_args, add_scoring_args, new_parser, positive_int, run_app
 from luna.infer.predict import SPLIT_CHOICES, PredictConfig, predict
-from luna.models.views import DEFAULT_VIEW_COUNT, DEFAULT_VIEWS_TOP, VIEW_COUNTS
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +39,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None,
                         help="results CSV (default: predictions_<split>.csv beside the checkpoint)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="crops per forward pass")
-    parser.add_argument("--tta-views", type=int, choices=VIEW_COUNTS, default=DEFAULT_VIEW_COUNT,
-                        help="test-time augmentation: average the model over this many in-plane symmetric "
-                             "views of each crop (turns, mirror images); 1 = off, the compute grows with it")
-    parser.add_argument("--tta-top", type=non_negative_int, default=DEFAULT_VIEWS_TOP, metavar="K",
-                        help="score every candidate at one view, then only the K best of each scan with all "
-                             "--tta-views (the others keep their one-view score); 0 = all views for every "
-                             "candidate")
-    parser.add_argument("--nms-mm", type=non_negative_float, default=NMS_RADIUS_MM,
-                        help="non-maximum suppression: a candidate closer than this to a higher-scoring "
-                             f"one of its scan is taken as the same finding and its probability is scaled by "
-                             f"{SUPPRESSED_SCALE:g} (every row is still written); 0 = off")
+    add_scoring_args(parser)
     add_device_args(parser)
     parser.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=True,
                         help="read the next scan in a background thread while this one is scored")

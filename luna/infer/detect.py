@@ -8,11 +8,10 @@ map are the memory held):
    (:mod:`luna.infer.segmentation`);
 3. group the marked voxels into candidates (:mod:`luna.infer.grouping`), and add the blobs of
    the scan (:mod:`luna.infer.blobs`: the small and faint nodules the segmentation misses);
-   when there are more than ``max_candidates``, keep those the classifier scores highest at a
-   single view;
-4. score each candidate with the classifier and its test-time views
+4. score each candidate with the classifier, its test-time views for the best ``tta_top``
    (:func:`luna.infer.scoring.score_scan`), then lower near neighbours of a better one
-   (:mod:`luna.eval.suppression`), exactly as ``luna predict`` does with given candidates;
+   (:mod:`luna.eval.suppression`), exactly as ``luna predict`` does with given candidates, and
+   keep the ``max_candidates`` most probable as findings;
 5. keep one :class:`~luna.infer.findings.ScanFindings`: a JSON beside the results file, rows in it,
    and, if asked for, a picture of each finding the classifier calls a nodule (drawn by the
    caller's ``draw``: pictures are the report layer's).
@@ -48,11 +47,11 @@ from luna.luna16.candidates import split_series
 from luna.luna16.csvfiles import PREDICTION_COLUMNS, check_series_uid, read_annotations, write_table
 from luna.luna16.paths import ANNOTATION_FILE_NAMES, default_data_dir, find_optional_csv, findings_dir
 from luna.models.registry import model_kind
+from luna.models.views import DEFAULT_VIEW_COUNT, DEFAULT_VIEWS_TOP
 from luna.progress import enumerate_with_estimate
 from luna.runtime.checkpoint import load_checkpoint, load_model, resolve_checkpoint_path
 from luna.runtime.device import StepConfig, prepare_model, resolve_performance
-from luna.runtime.distributed import (DistContext, barrier, cleanup_distributed, gather_objects,
-                                      init_distributed)
+from luna.runtime.distributed import DistContext, barrier, cleanup_distributed, gather_objects, init_distributed
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +81,8 @@ class DetectConfig:
     max_blobs: int = MAX_BLOBS
     threshold: float = THRESHOLD
     batch_size: int = 64
-    tta_views: int = 8
+    tta_views: int = DEFAULT_VIEW_COUNT
+    tta_top: int = DEFAULT_VIEWS_TOP
     nms_mm: float = NMS_RADIUS_MM
     device: str = "auto"
     precision: str = "auto"
@@ -229,14 +229,15 @@ def detect_scan(models: Models, series_uid: str, path: Path, config: DetectConfi
     candidates = find_candidates(models, ct, config, seconds)
     started = time.perf_counter()
     centers_xyz = np.array([c.center_xyz for c in candidates], dtype=np.float64).reshape(-1, 3)
-    if len(candidates) > config.max_candidates:
-        # More candidates than the cap: the classifier, at one view, picks the ones to keep.
-        screen = score_scan(models.classifier, ct, centers_xyz, models.step_cfg, config.batch_size, models.crop, 1)
-        keep = np.sort(np.argsort(-screen, kind="stable")[:config.max_candidates])
-        candidates, centers_xyz = [candidates[k] for k in keep], centers_xyz[keep]
+    # Scored as luna predict scores given candidates: all at one view, the best tta_top again
+    # at every view; then near neighbours (a nodule's component and its blob) are lowered.
     scores = score_scan(models.classifier, ct, centers_xyz, models.step_cfg, config.batch_size, models.crop,
-                        config.tta_views) if len(candidates) else np.zeros(0, dtype=np.float32)
+                        config.tta_views, config.tta_top) if len(candidates) else np.zeros(0, dtype=np.float32)
     suppressed = suppress_neighbours(centers_xyz, scores, config.nms_mm)
+    # The findings: the most probable after the views and the suppression. Cutting after the
+    # views, not at one view, keeps nodules the single view underrates.
+    keep = np.sort(np.argsort(-suppressed, kind="stable")[:config.max_candidates])
+    candidates, scores, suppressed = [candidates[k] for k in keep], scores[keep], suppressed[keep]
     seconds["classify"] = time.perf_counter() - started
     findings = [Finding(float(p), float(raw), tuple(float(v) for v in c.center_xyz),
                         tuple(float(v) for v in ct.xyz2irc_float(c.center_xyz)), c.diameter_mm, c.volume_mm3,

@@ -97,6 +97,22 @@ def test_scan_files_instead_of_a_data_dir(data, runs, tmp_path):
     assert not (tmp_path / "x.csv").exists()
 
 
+def test_the_findings_are_the_most_probable_after_the_views_and_the_suppression(data, runs, tmp_path):
+    # The cap cuts after scoring every candidate as luna predict does (one view, all views for
+    # the best --tta-top, suppression), so capped findings are the head of the uncapped list.
+    scan = sorted(data.rglob("*.mhd"))[0]
+
+    def findings(cap: int) -> list[tuple[float, tuple]]:
+        out = tmp_path / f"cap{cap}.csv"
+        LunaDetectApp(_argv(runs, out, str(scan), "--max-candidates", str(cap), "--tta-top", "3")).main()
+        (report,) = (tmp_path / f"cap{cap}_findings").glob("*.json")
+        return [(f["probability"], tuple(f["center_xyz"])) for f in json.loads(report.read_text())["findings"]]
+
+    everything = findings(10_000)
+    assert len(everything) > 5, "the blobs and the segmenter give more candidates than the cap"
+    assert findings(5) == everything[:5]
+
+
 @pytest.mark.parametrize("as_files", [False, True], ids=["data-dir", "scan-args"])
 def test_the_same_scans_as_metaimage_nifti_and_dicom_give_the_same_findings(runs, tmp_path, as_files):
     # Seed 7's second scan is stored with every axis reversed: the readers must agree on it too.
