@@ -7,7 +7,7 @@ the scan, is a compact blob denser than the lung around it, and the scale-normal
 of Gaussian, ``-sigma^2 * LoG(HU)``, peaks at the centre of a ball of radius ``r`` at
 ``sigma = r / sqrt(3)``, with a height that grows with the ball's contrast. It peaks on vessel
 crossings, airway walls and the pleura too: this detector is built for recall and leaves the
-ranking to the classifier (``luna detect`` screens every candidate at one view and keeps the best).
+ranking to the classifier (``luna detect`` scores every candidate and keeps the most probable).
 
 How:
 

@@ -201,7 +201,7 @@ class Candidate:
 
 
 def find_candidates(models: Models, ct: Ct, config: DetectConfig, seconds: dict[str, float]) -> list[Candidate]:
-    """Steps 2-3 of the module docstring, before the screening: components, then blobs."""
+    """Steps 2-3 of the module docstring, before the classifier: components, then blobs."""
     started = time.perf_counter()
     volume = to_grid(ct, models.grid)
     region = lung_region(volume)
