@@ -49,36 +49,33 @@ HU_WINDOW = (-1000.0, 200.0)
 MIN_RESPONSE = 30.0
 # How far (mm) beyond its radius a blob may be from the lungs' air and still count.
 LUNG_GAP_MM = 2.0
-# Blobs per scan at most, the strongest: the classifier screens them all.
+# Blobs per scan at most, the most blob-like: the classifier scores them all.
 MAX_BLOBS = 400
 
 
 @dataclass(frozen=True)
 class Blob:
-    """One blob: its centre in world mm, the radius (mm) of the ball its scale fits, its response."""
+    """One blob: its centre in world mm, the radius (mm) of the ball its scale fits, its blobness."""
 
     center_xyz: XyzTuple
     radius_mm: float
-    response: float
+    blobness: float
 
 
 @dataclass
 class _Level:
-    """The scan's box on one level's voxels: HU, the voxel size, and where voxel (0, 0, 0) is."""
+    """The scan's box on one level's voxels: HU (float32, in ``HU_WINDOW`` once :func:`_windowed`), the
+    voxel size, and where voxel (0, 0, 0) is."""
 
     hu_a: np.ndarray
     voxel_irc: np.ndarray
     offset_irc: np.ndarray  # the box's first voxel, in the level's voxels
 
 
-def _voxel_irc(spacing_irc: np.ndarray, finest_mm: float) -> np.ndarray:
-    return np.maximum(spacing_irc, finest_mm)
-
-
 def _level(ct: Ct, finest_mm: float, box_mm: tuple[np.ndarray, np.ndarray] | None) -> _Level:
     """The scan (or the box ``(low, high)`` of it, in mm from voxel 0) on voxels no finer than ``finest_mm``."""
     spacing_irc = np.asarray(ct.spacing_xyz[::-1], dtype=np.float64)
-    voxel_irc = _voxel_irc(spacing_irc, finest_mm)
+    voxel_irc = np.maximum(spacing_irc, finest_mm)
     if box_mm is None:
         low_src, high_src = np.zeros(3, dtype=int), np.array(ct.hu_a.shape)
     else:
@@ -96,6 +93,11 @@ def _level(ct: Ct, finest_mm: float, box_mm: tuple[np.ndarray, np.ndarray] | Non
     return _Level(np.asarray(hu_a), voxel_irc, offset)
 
 
+def _windowed(level: _Level) -> _Level:
+    """The level with its HU clipped to ``HU_WINDOW`` as float32: done once, every scale filters it."""
+    return _Level(np.clip(level.hu_a.astype(np.float32), *HU_WINDOW), level.voxel_irc, level.offset_irc)
+
+
 def _maxima(level: _Level, sigma_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """Sub-voxel positions (level voxels of the whole scan) and blobness of one scale's maxima.
 
@@ -103,8 +105,7 @@ def _maxima(level: _Level, sigma_mm: float) -> tuple[np.ndarray, np.ndarray]:
     differences of it. Blobness is the weakest of the three curvatures, scale-normalised: as high
     as the Laplacian's third on a ball, near zero on a vessel (one flat direction) or a wall (two).
     """
-    hu = np.clip(level.hu_a.astype(np.float32), *HU_WINDOW)
-    smooth = ndimage.gaussian_filter(hu, sigma=sigma_mm / level.voxel_irc, mode="nearest")
+    smooth = ndimage.gaussian_filter(level.hu_a, sigma=sigma_mm / level.voxel_irc, mode="nearest")
     step2 = (level.voxel_irc ** 2).astype(np.float32)
     response = np.zeros_like(smooth)
     for axis in range(3):
@@ -159,13 +160,13 @@ def find_blobs(ct: Ct, max_blobs: int = MAX_BLOBS) -> list[Blob]:
     high = np.minimum(corners.max(axis=0) + margin + 1, coarse.hu_a.shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
     distance_mm = ndimage.distance_transform_edt(~lungs[box], sampling=coarse.voxel_irc)
-    coarse = _Level(coarse.hu_a[box], coarse.voxel_irc, low)
-    fine = _level(ct, FINE_MM, (low * coarse.voxel_irc, high * coarse.voxel_irc))
+    coarse = _windowed(_Level(coarse.hu_a[box], coarse.voxel_irc, low))
+    fine = _windowed(_level(ct, FINE_MM, (low * coarse.voxel_irc, high * coarse.voxel_irc)))
 
     centers, radii, values = [], [], []
     for sigma_mm in SCALES_MM:
         level = fine if sigma_mm < FINE_SCALE_LIMIT_MM else coarse
-        points, response = _maxima(level, sigma_mm)
+        points, blobness = _maxima(level, sigma_mm)
         points_mm = points * level.voxel_irc
         # Near the lungs: the distance at the nearest coarse voxel of the box.
         nearest = np.rint(points_mm / coarse.voxel_irc).astype(int) - low
@@ -174,17 +175,17 @@ def find_blobs(ct: Ct, max_blobs: int = MAX_BLOBS) -> list[Blob]:
         near = distance_mm[tuple(nearest.T)] <= radius_mm + LUNG_GAP_MM
         centers.append(points_mm[near])
         radii.append(np.full(int(near.sum()), radius_mm))
-        values.append(response[near])
-    centers_mm, radius, response = np.concatenate(centers), np.concatenate(radii), np.concatenate(values)
-    keep = _suppress(centers_mm, radius, response, max_blobs)
+        values.append(blobness[near])
+    centers_mm, radius, blobness = np.concatenate(centers), np.concatenate(radii), np.concatenate(values)
+    keep = _suppress(centers_mm, radius, blobness, max_blobs)
     spacing_irc = np.asarray(ct.spacing_xyz[::-1], dtype=np.float64)
     return [Blob(irc2xyz(centers_mm[k] / spacing_irc, ct.origin_xyz, ct.spacing_xyz, ct.direction),
-                 float(radius[k]), float(response[k])) for k in keep]
+                 float(radius[k]), float(blobness[k])) for k in keep]
 
 
-def _suppress(centers_mm: np.ndarray, radius_mm: np.ndarray, response: np.ndarray, limit: int) -> list[int]:
+def _suppress(centers_mm: np.ndarray, radius_mm: np.ndarray, strength: np.ndarray, limit: int) -> list[int]:
     """Greedy, strongest first: drop every maximum inside the ball of a stronger kept one."""
-    order = np.argsort(-response, kind="stable")
+    order = np.argsort(-strength, kind="stable")
     tree = cKDTree(centers_mm) if len(centers_mm) else None
     dropped = np.zeros(len(centers_mm), dtype=bool)
     kept: list[int] = []

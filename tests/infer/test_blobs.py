@@ -57,7 +57,7 @@ def found(tmp_path_factory):
 
 
 def test_every_ball_has_a_blob_inside_it_ranked_above_the_vessel(found):
-    responses = [b.response for b in found]
+    responses = [b.blobness for b in found]
     assert responses == sorted(responses, reverse=True)
     on_vessel = [k for k, b in enumerate(found) if np.hypot(b.center_xyz[1] - VESSEL["y"], b.center_xyz[2] - VESSEL["z"]) < 3
                  and all(np.linalg.norm(np.subtract(b.center_xyz, c)) > 10 for c, _, _ in BALLS.values())]
