@@ -29,7 +29,7 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from luna.luna16.geometry import xyz2irc  # noqa: E402
-from luna.synth import generate_scan  # noqa: E402
+from luna.synth import ACQUISITIONS, generate_scan  # noqa: E402
 
 SMALL_NODULE_MM = 6.0  # "small" nodules are reported apart: they are the hard ones
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--series", type=int, default=32, help="--series given to luna synth")
     parser.add_argument("--seed", type=int, default=0, help="--seed given to luna synth")
     parser.add_argument("--size", default="small", help="--size given to luna synth")
-    parser.add_argument("--acquisition", default="default", choices=("default", "varied", "shifted"),
+    parser.add_argument("--acquisition", default="default", choices=ACQUISITIONS,
                         help="--acquisition given to luna synth")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability above which a nodule counts as found")
     parser.add_argument("--detections", action="store_true",

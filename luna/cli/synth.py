@@ -7,6 +7,7 @@ The data let every other command run end to end without the 120 GB download::
     luna synth --out data/dicom --size tiny --format dicom   # the same scans as DICOM series
     luna synth --out data/varied --acquisition varied        # each scan its own scanner settings
     luna synth --out data/shifted --seed 1 --acquisition shifted   # thick noisy slices, held out
+    luna synth --out data/mixed --series 48 --acquisition mixed    # every third scan varied
 
 Same seed, same bytes. The output appears all at once: it is written next to ``--out`` and
 renamed into place, so a failed run leaves nothing half-written.
@@ -21,7 +22,7 @@ from typing import Sequence
 
 from luna.cli.common import add_common_args, new_parser, non_negative_int, positive_int, run_app
 from luna.io.writers import SCAN_FORMATS
-from luna.synth import PRESETS, SIZES, check_out_dir, make_dataset
+from luna.synth import ACQUISITIONS, SIZES, check_out_dir, make_dataset
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="how scans are stored: mhd (subset*/<uid>.mhd + .raw, like LUNA16), nifti "
                              "(<uid>.nii.gz) or dicom (a folder <uid>/ of one CT file per slice, HU through "
                              "RescaleIntercept -1024); same voxels, geometry and CSVs in each")
-    parser.add_argument("--acquisition", choices=list(PRESETS), default="default",
+    parser.add_argument("--acquisition", choices=list(ACQUISITIONS), default="default",
                         help="scanner settings: default (today's scans, same files as ever), varied (each scan "
                              "draws slice spacing 0.6-3.0 mm and thickness, pixel, kernel noise x0.5-2.5, HU "
                              "offset +-30 and LUNA16-like nodule sizes) or shifted (thick 2.5-3.0 mm slices, "
-                             "sharp noisy kernel, HU offset: a held-out set unlike the others); varied and "
-                             "shifted also write acquisition.csv, one row a scan")
+                             "sharp noisy kernel, HU offset: a held-out set unlike the others) or mixed (every "
+                             "third scan varied, the others default: training data that holds better on other "
+                             "scanners); all but default also write acquisition.csv, one row a scan")
     parser.add_argument("--workers", type=positive_int, default=1,
                         help="processes generating scans in parallel (the files do not depend on it)")
     parser.add_argument("--force", action="store_true", default=False,

@@ -7,11 +7,11 @@
 
 See :mod:`luna.synth.phantom` for what the scans hold.
 """
-from luna.synth.acquisition import PRESETS, SHIFTED, VARIED, Acquisition, ScanAcquisition
+from luna.synth.acquisition import ACQUISITIONS, PRESETS, SHIFTED, VARIED, Acquisition, ScanAcquisition
 from luna.synth.findings import NEGATIVE_MIX, NODULE_KINDS
 from luna.synth.phantom import (SIZES, Candidate, Finding, SynthScan, SynthSummary, check_out_dir, generate_scan,
                                 make_dataset, write_scan)
 
-__all__ = ["NEGATIVE_MIX", "NODULE_KINDS", "PRESETS", "SHIFTED", "SIZES", "VARIED", "Acquisition", "Candidate",
-           "Finding", "ScanAcquisition", "SynthScan", "SynthSummary", "check_out_dir", "generate_scan",
+__all__ = ["ACQUISITIONS", "NEGATIVE_MIX", "NODULE_KINDS", "PRESETS", "SHIFTED", "SIZES", "VARIED", "Acquisition",
+           "Candidate", "Finding", "ScanAcquisition", "SynthScan", "SynthSummary", "check_out_dir", "generate_scan",
            "make_dataset", "write_scan"]

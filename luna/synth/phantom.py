@@ -37,8 +37,9 @@ rescale tags); the voxels, geometry and CSVs are the same in each.
 
 ``acquisition`` "varied" draws each scan's slice spacing and thickness, pixel, kernel and HU
 calibration from wide ranges, "shifted" makes thick-slice, sharp-kernel scans for a held-out
-test; both write ``acquisition.csv`` too (see :mod:`luna.synth.acquisition`). The default
-draws nothing more: its files are byte-identical to those made before the option existed.
+test, "mixed" makes every third scan a varied one; each writes ``acquisition.csv`` too (see
+:mod:`luna.synth.acquisition`). The default draws nothing more: its files are byte-identical
+to those made before the option existed.
 
 Internally everything is built in a canonical array (index = feet->head, row =
 anterior->posterior, column = right->left) with positions in "local" millimetres
@@ -67,7 +68,8 @@ from luna.errors import UsageError
 from luna.io.writers import SCAN_FORMATS, scan_name, write_image
 from luna.luna16.csvfiles import ANNOTATION_COLUMNS, CANDIDATE_COLUMNS, write_table
 from luna.luna16.geometry import XyzTuple, irc2xyz
-from luna.synth.acquisition import ACQUISITION_CSV, ScanAcquisition, acquisition_rng, find_preset, write_acquisition_csv
+from luna.synth.acquisition import (ACQUISITION_CSV, ScanAcquisition, acquisition_rng, default_acquisition,
+                                    find_preset, scan_preset, write_acquisition_csv)
 from luna.synth.anatomy import SizeSpec, _Chest
 
 log = logging.getLogger(__name__)
@@ -179,13 +181,13 @@ def generate_scan(seed: int = 0, index: int = 0, size: str = "tiny",
         size: "tiny", "small" or "full" (see ``SIZES``).
         nodules_per_scan: (min, max) nodules, inclusive; default from the size.
         negatives_per_positive: negatives drawn per positive candidate; default from the size.
-        acquisition: "default", "varied" or "shifted" (see :mod:`luna.synth.acquisition`).
+        acquisition: "default", "varied", "shifted" or "mixed" (see :mod:`luna.synth.acquisition`).
 
     Returns:
         The scan as stored (int16 HU in IRC order, world geometry) and its findings/candidates.
     """
     spec, (n_lo, n_hi), ratio = _resolve(size, nodules_per_scan, negatives_per_positive)
-    preset = find_preset(acquisition)
+    preset = scan_preset(acquisition, index)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
     uid = make_uid(rng)
     drawn = None
@@ -215,6 +217,8 @@ def generate_scan(seed: int = 0, index: int = 0, size: str = "tiny",
     negatives = chest.negatives(n_neg, nodules + excluded)
     negatives += [(c + rng.normal(0, 0.5, 3), "excluded") for c, _, _ in excluded]
     hu = chest.finish() if drawn is None else chest.finish(*drawn.finish_args())
+    if drawn is None and acquisition != "default":
+        drawn = default_acquisition(tuple(chest.spacing))   # a default scan of a mixed set: its CSV row
     lung = chest.lung
 
     # Store: identity for most scans; some flip axes (origin moves to the other end).
@@ -321,16 +325,16 @@ def make_dataset(out_dir: Path, n_series: int = 32, seed: int = 0, size: str = "
         workers: processes generating scans in parallel (the output does not depend on it).
         scan_format: "mhd" (LUNA16's), "nifti" (``<uid>.nii.gz``) or "dicom" (a folder
             ``<uid>/`` of one file per slice); same voxels, geometry and CSVs in each.
-        acquisition: "default" (today's scans), "varied" or "shifted" (see
-            :mod:`luna.synth.acquisition`); the last two also write ``acquisition.csv``, one row
-            a scan with its slice spacing and thickness, pixel, noise and HU offset.
+        acquisition: "default" (today's scans), "varied", "shifted" or "mixed" (see
+            :mod:`luna.synth.acquisition`); all but the default also write ``acquisition.csv``,
+            one row a scan with its slice spacing and thickness, pixel, noise and HU offset.
 
     Returns:
         A :class:`SynthSummary` of what was written (paths point into ``out_dir``).
     """
     started = time.perf_counter()
     _, nodules, ratio = _resolve(size, nodules_per_scan, negatives_per_positive)
-    with_csv = find_preset(acquisition) is not None
+    with_csv = acquisition == "mixed" or find_preset(acquisition) is not None
     if scan_format not in SCAN_FORMATS:
         raise UsageError(f"unknown scan format {scan_format!r}; choose one of {', '.join(SCAN_FORMATS)}")
     if n_series < 1:

@@ -39,7 +39,7 @@ def test_app_writes_the_luna16_layout(tmp_path):
     assert lines[0] == "seriesuid,coordX,coordY,coordZ,class" and len(lines) > 10
     assert (out / "annotations.csv").read_text().startswith("seriesuid,coordX,coordY,coordZ,diameter_mm\n")
     assert (out / "annotations_excluded.csv").exists()
-    assert not (out / "acquisition.csv").exists()   # only the varied and shifted acquisitions write one
+    assert not (out / "acquisition.csv").exists()   # only the other acquisitions write one
 
 
 def test_non_empty_out_without_force_is_a_one_line_usage_error(tmp_path, capsys):

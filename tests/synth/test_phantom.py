@@ -232,7 +232,7 @@ def test_bad_arguments_raise_usage_errors(tmp_path):
         make_dataset(tmp_path / "a", size="huge")
     with pytest.raises(UsageError, match="nodules per scan"):
         make_dataset(tmp_path / "a", size="tiny", nodules_per_scan=(3, 1))
-    with pytest.raises(UsageError, match="acquisition 'cheap'; choose one of default, varied, shifted"):
+    with pytest.raises(UsageError, match="acquisition 'cheap'; choose one of default, varied, shifted, mixed"):
         make_dataset(tmp_path / "a", size="tiny", acquisition="cheap")
     assert list(tmp_path.iterdir()) == []
 
@@ -368,6 +368,28 @@ def test_varied_scans_draw_their_acquisition_from_the_stated_ranges(varied):
         assert max(values) / min(values) > 1.3, column
     # luna's readers find the scans and the candidates; acquisition.csv is none of theirs.
     assert {c.series_uid for c in get_candidate_info_list(varied["root"])} == set(varied["summary"].series_uids)
+
+
+def test_mixed_scans_are_default_scans_with_every_third_one_varied(varied, tmp_path):
+    default = load_dataset(make_dataset(tmp_path / "d", n_series=6, seed=1, size="tiny"))
+    mixed = load_dataset(make_dataset(tmp_path / "m", n_series=6, seed=1, size="tiny", acquisition="mixed"))
+    rows = acquisition_rows(mixed)
+    assert [r["acquisition"] for r in rows] == ["default", "default", "varied"] * 2
+    for i, row in enumerate(rows):
+        # Each scan is, byte for byte, the scan of the same index of the data set of its kind.
+        twin = varied if row["acquisition"] == "varied" else default
+        uid = twin["summary"].series_uids[i]
+        assert row["seriesuid"] == uid == mixed["summary"].series_uids[i]
+        assert (mixed["summary"].scan_paths[i].with_suffix(".raw").read_bytes()
+                == twin["summary"].scan_paths[i].with_suffix(".raw").read_bytes())
+        assert (sorted(c for c in mixed["candidates"] if c[0] == uid)
+                == sorted(c for c in twin["candidates"] if c[0] == uid))
+        if row["acquisition"] == "default":   # the row says what a default scan is
+            _, _, spacing_xyz, _ = mixed["images"][uid]
+            assert (row["spacing_z_mm"], row["pixel_mm"]) == pytest.approx((spacing_xyz[2], spacing_xyz[0]), abs=1e-3)
+            assert (row["slice_thickness_mm"], row["noise_factor"], row["hu_offset"]) == (row["spacing_z_mm"], 1.0, 0.0)
+        else:
+            assert row == acquisition_rows(varied)[i]
 
 
 def slice_correlation(hu: np.ndarray) -> float:
