@@ -183,7 +183,7 @@ def find_preset(name: str) -> Acquisition | None:
 
 
 def scan_preset(name: str, index: int) -> Acquisition | None:
-    """The preset scan ``index`` of an ``name`` data set is drawn from (None: a default scan)."""
+    """The preset that scan ``index`` of a ``name`` data set is drawn from (None: a default scan)."""
     if name == "mixed":
         return VARIED if index % MIXED_EVERY == MIXED_EVERY - 1 else None
     return find_preset(name)
