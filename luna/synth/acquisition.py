@@ -175,18 +175,18 @@ MIXED_EVERY = 3
 ACQUISITIONS = (*PRESETS, "mixed")
 
 
-def find_preset(name: str) -> Acquisition | None:
-    """The preset called ``name``, None for "default"; a UsageError names the choices."""
-    if name not in PRESETS:
+def check_acquisition(name: str) -> str:
+    """``name`` if it is one of :data:`ACQUISITIONS`; a UsageError names the choices."""
+    if name not in ACQUISITIONS:
         raise UsageError(f"unknown acquisition {name!r}; choose one of {', '.join(ACQUISITIONS)}")
-    return PRESETS[name]
+    return name
 
 
 def scan_preset(name: str, index: int) -> Acquisition | None:
     """The preset that scan ``index`` of a ``name`` data set is drawn from (None: a default scan)."""
-    if name == "mixed":
+    if check_acquisition(name) == "mixed":
         return VARIED if index % MIXED_EVERY == MIXED_EVERY - 1 else None
-    return find_preset(name)
+    return PRESETS[name]
 
 
 def default_acquisition(spacing_zyx_mm: tuple[float, float, float]) -> ScanAcquisition:

@@ -68,8 +68,8 @@ from luna.errors import UsageError
 from luna.io.writers import SCAN_FORMATS, scan_name, write_image
 from luna.luna16.csvfiles import ANNOTATION_COLUMNS, CANDIDATE_COLUMNS, write_table
 from luna.luna16.geometry import XyzTuple, irc2xyz
-from luna.synth.acquisition import (ACQUISITION_CSV, ScanAcquisition, acquisition_rng, default_acquisition,
-                                    find_preset, scan_preset, write_acquisition_csv)
+from luna.synth.acquisition import (ACQUISITION_CSV, ScanAcquisition, acquisition_rng, check_acquisition,
+                                    default_acquisition, scan_preset, write_acquisition_csv)
 from luna.synth.anatomy import SizeSpec, _Chest
 
 log = logging.getLogger(__name__)
@@ -334,7 +334,7 @@ def make_dataset(out_dir: Path, n_series: int = 32, seed: int = 0, size: str = "
     """
     started = time.perf_counter()
     _, nodules, ratio = _resolve(size, nodules_per_scan, negatives_per_positive)
-    with_csv = acquisition == "mixed" or find_preset(acquisition) is not None
+    with_csv = check_acquisition(acquisition) != "default"
     if scan_format not in SCAN_FORMATS:
         raise UsageError(f"unknown scan format {scan_format!r}; choose one of {', '.join(SCAN_FORMATS)}")
     if n_series < 1:
