@@ -189,13 +189,15 @@ def scan_preset(name: str, index: int) -> Acquisition | None:
     return PRESETS[name]
 
 
-def default_acquisition(spacing_zyx_mm: tuple[float, float, float]) -> ScanAcquisition:
-    """What a default scan of this grid was acquired with, as a row of ``acquisition.csv`` says it:
-    slices as thick as their spacing, today's noise and kernel, no HU offset."""
+def default_acquisition(spec: SizeSpec, spacing_zyx_mm: tuple[float, float, float]) -> ScanAcquisition:
+    """What a default scan of ``spec`` on this grid was acquired with, as a row of
+    ``acquisition.csv`` says it: slices as thick as their spacing, today's noise and kernel, no HU
+    offset, the size's own nodule sizes."""
     return ScanAcquisition(
         name="default", spacing_z_mm=float(spacing_zyx_mm[0]), slice_thickness_mm=float(spacing_zyx_mm[0]),
         pixel_mm=float(spacing_zyx_mm[1]), noise_factor=1.0, kernel_sigma_px=float(BLUR_SIGMA_VOX[2]),
-        hu_offset=0.0, body_factor=1.0, vessel_radius_factor=1.0, nodule_median_mm=None, nodule_log_sd=0.45)
+        hu_offset=0.0, body_factor=1.0, vessel_radius_factor=1.0, nodule_median_mm=None,
+        nodule_log_sd=spec.diameter_log_sd)
 
 
 def acquisition_rng(seed: int, index: int, preset: Acquisition) -> np.random.Generator:

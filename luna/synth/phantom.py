@@ -218,7 +218,7 @@ def generate_scan(seed: int = 0, index: int = 0, size: str = "tiny",
     negatives += [(c + rng.normal(0, 0.5, 3), "excluded") for c, _, _ in excluded]
     hu = chest.finish() if drawn is None else chest.finish(*drawn.finish_args())
     if drawn is None and acquisition != "default":
-        drawn = default_acquisition(tuple(chest.spacing))   # a default scan of a mixed set: its CSV row
+        drawn = default_acquisition(spec, tuple(chest.spacing))   # a default scan of a mixed set: its CSV row
     lung = chest.lung
 
     # Store: identity for most scans; some flip axes (origin moves to the other end).
