@@ -14,8 +14,8 @@ only differences are the data and compute path:
 
 Also: validation ROC AUC of both after the same epochs, the main training process's RSS per
 epoch (it must stay flat), and one run with today's default recipe (``luna train`` with no
-recipe flags: luna_centre, balanced sampling, augmentation, AdamW + cosine, crops at 1.4 mm
-voxels), whose ratio to the baseline is the goal: >= 3x.
+recipe flags: the default model, balanced sampling, augmentation, AdamW + cosine, crops at the
+default voxel size), whose ratio to the baseline is the goal: >= 3x.
 
     .venv/bin/python benchmarks/bench_training.py            # ~6-9 min, writes results/bench_training.txt
     .venv/bin/python benchmarks/bench_training.py --quick    # ~1 min smoke run
@@ -404,8 +404,11 @@ def main(argv: list[str] | None = None) -> None:
             "(2 workers, default prefetch), float32 model, contiguous memory format, the same SGD, sampler, seed "
             "and initial weights; luna.train.engine loops with StepConfig(precision='fp32', channels_last=False); "
             "epoch seconds = training + validation + metrics")
-        say("ours, default recipe: the same command without the recipe flags: luna_centre, balanced 1:1 "
-            "sampling, augmentation, AdamW + cosine schedule, centred crops at 1.4 mm voxels (today's defaults)")
+        from luna.data.crops import CROP_VOXEL_MM
+        from luna.train.config import TrainConfig
+        say(f"ours, default recipe: the same command without the recipe flags: {TrainConfig.model}, balanced 1:1 "
+            f"sampling, augmentation, AdamW + cosine schedule, centred crops at {CROP_VOXEL_MM:g} mm voxels "
+            "(today's defaults)")
         for label, _, trace in runs:
             say(f"  {label}: process wall {trace.wall_s:.0f} s; {trace.load}")
 

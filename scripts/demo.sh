@@ -13,17 +13,20 @@ luna() { .venv/bin/luna "$@"; }
 # report are written, on 8 scans (2 held out) with short trainings, so its figures are far
 # below the full run's: it shows what luna does, not how well.
 if [ -n "${LUNA_DEMO_QUICK:-}" ]; then
-  NAME=quick DEFAULT_DATA=data/quick SERIES=8 DEFAULT_EPOCHS=2 DEFAULT_EPOCH_SIZE=2000 SEG_FLAGS="--epochs 1 --epoch-size 1000"
+  NAME=quick DEFAULT_DATA=data/demo_quick SERIES=8 DEFAULT_EPOCHS=2 DEFAULT_EPOCH_SIZE=2000 SEG_FLAGS="--epochs 1 --epoch-size 1000"
 else
-  NAME=demo DEFAULT_DATA=data/synth SERIES=32 DEFAULT_EPOCHS=5 DEFAULT_EPOCH_SIZE=10000 SEG_FLAGS=""
+  NAME=demo DEFAULT_DATA=data/demo SERIES=48 DEFAULT_EPOCHS=5 DEFAULT_EPOCH_SIZE=10000 SEG_FLAGS=""
 fi
 DATA=${LUNA_DEMO_DATA:-$DEFAULT_DATA}
 CACHE=${LUNA_CACHE_DIR:-cache}
 EPOCHS=${LUNA_DEMO_EPOCHS:-$DEFAULT_EPOCHS}
 EPOCH_SIZE=${LUNA_DEMO_EPOCH_SIZE:-$DEFAULT_EPOCH_SIZE}
 
+# Scans at LUNA16's resolution (512 x 512 pixels of 0.6-0.9 mm), every third one from another
+# scanner (slices, pixel, kernel, HU offset): a model trained on them holds better on scans unlike
+# its own (docs/experiments.md, "Scans at LUNA16's resolution").
 if [ ! -f "$DATA/candidates.csv" ]; then
-  luna synth --out "$DATA" --series "$SERIES" --seed 0
+  luna synth --out "$DATA" --series "$SERIES" --seed 0 --size full --acquisition mixed --workers 2
 fi
 luna prepcache --data-dir "$DATA" --cache-dir "$CACHE" --num-workers 2
 luna train --data-dir "$DATA" --cache-dir "$CACHE" --val-stride 4 --epochs "$EPOCHS" \

@@ -28,10 +28,10 @@ CROP_EDGE = "pad"
 
 # Crops are cut from the scan resampled to isotropic voxels of this many mm, so that a nodule has
 # the same shape in voxels whatever the slice thickness and pixel size; 0 keeps the scan's own
-# grid (the reference). 1.4 mm is about the built-in scans' pixel, so their crops keep their
-# in-plane detail, and a model trained on them holds better on thicker slices and other pixels
-# (docs/experiments.md, "Acquisition shifts").
-CROP_VOXEL_MM = 1.4
+# grid (the reference). 1 mm is about the pixel of LUNA16's scans (0.5-1 mm), so a 3-4 mm nodule
+# is still 3-4 voxels across; at 1.4 mm a model held less well on thick slices and other pixels
+# (docs/experiments.md, "Scans at LUNA16's resolution").
+CROP_VOXEL_MM = 1.0
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ def test_key_versioned_by_crop_config_and_format(tmp_path, scan_and_centers, mon
     assert not CropCache(tmp_path / "cache", CropConfig(shape_irc=(16, 24, 24))).is_valid(uid, path, centers)
     assert not CropCache(tmp_path / "cache", CropConfig(hu_min=-900)).is_valid(uid, path, centers)
     assert not CropCache(tmp_path / "cache", CropConfig(edge="shift")).is_valid(uid, path, centers)
-    assert not CropCache(tmp_path / "cache", CropConfig(voxel_mm=1.0)).is_valid(uid, path, centers)
+    assert not CropCache(tmp_path / "cache", CropConfig(voxel_mm=1.4)).is_valid(uid, path, centers)
     assert CropConfig(voxel_mm=1.25).key().endswith("-iso1.25mm") and "iso" not in CropConfig(voxel_mm=0).key()
     # Markers written before --crop-mm existed (the scan's own voxels) must keep matching.
     assert "voxel_mm" not in CropConfig(voxel_mm=0).as_dict() and CropConfig(voxel_mm=1.25).as_dict()["voxel_mm"] == 1.25
