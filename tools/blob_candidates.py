@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from luna.cli.common import configure_logging  # noqa: E402
+from luna.data.cache import run_jobs  # noqa: E402
 from luna.errors import LunaError  # noqa: E402
 from luna.infer.blobs import MAX_BLOBS, find_blobs  # noqa: E402
 from luna.io.ct import Ct  # noqa: E402
@@ -46,35 +47,21 @@ def blob_candidates(data_dir: Path, out: Path, max_blobs: int, workers: int) -> 
     """Write ``out``; return (blob rows, of them inside a nodule)."""
     if out.exists():
         raise LunaError(f"{out} exists; give a new file")
-    candidates_csv = find_csv(data_dir, CANDIDATE_FILE_NAMES, "candidates", "the data dir")
-    nodules = read_annotations(find_csv(data_dir, ANNOTATION_FILE_NAMES, "annotations", "the data dir"))
+    where = "a data dir that holds it"  # the tool takes no file flags: the CSVs come with the data
+    candidates_csv = find_csv(data_dir, CANDIDATE_FILE_NAMES, "candidates", where)
+    nodules = read_annotations(find_csv(data_dir, ANNOTATION_FILE_NAMES, "annotations", where))
     given = read_table(candidates_csv, CANDIDATE_COLUMNS, "candidates")
     rows = [[uid, *map(format_mm, v[:3]), str(int(v[3]))] for uid, v in zip(given.uids, given.values)]
     jobs = [(uid, path, max_blobs) for uid, path in sorted(find_series_files(data_dir).items())]
+    blobs = dict(run_jobs(scan_blobs, jobs, workers, "Finding blobs"))  # one scan per worker at a time
     n_blobs = n_inside = 0
-    # Each scan is read by one worker; spawn, so that a worker starts without the parent's threads.
-    with get_context("spawn").Pool(workers) if workers > 1 else _InProcess() as pool:
-        for uid, centers in pool.imap(scan_blobs, jobs):
-            inside = hits(centers, findings_of(nodules, uid)).any(axis=1) if len(centers) else np.zeros(0, bool)
-            rows += [[uid, *map(format_mm, c), str(int(i))] for c, i in zip(centers, inside)]
-            n_blobs, n_inside = n_blobs + len(centers), n_inside + int(inside.sum())
-            print(f"{uid}: {len(centers)} blobs, {int(inside.sum())} inside a nodule", flush=True)
+    for uid, _, _ in jobs:
+        centers = blobs[uid]
+        inside = hits(centers, findings_of(nodules, uid)).any(axis=1) if len(centers) else np.zeros(0, bool)
+        rows += [[uid, *map(format_mm, c), str(int(i))] for c, i in zip(centers, inside)]
+        n_blobs, n_inside = n_blobs + len(centers), n_inside + int(inside.sum())
     write_table(out, CANDIDATE_COLUMNS, rows)
     return n_blobs, n_inside
-
-
-class _InProcess:
-    """A stand-in for a one-worker pool: ``imap`` in this process."""
-
-    def __enter__(self) -> _InProcess:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    @staticmethod
-    def imap(func, jobs):
-        return map(func, jobs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,10 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("data_dir", type=Path, help="a LUNA16-format data dir with candidates and annotations")
     parser.add_argument("out", type=Path, help="the candidates CSV to write (must not exist)")
     parser.add_argument("--max-blobs", type=int, default=MAX_BLOBS, help="blobs a scan, as luna detect's default")
-    parser.add_argument("--workers", type=int, default=1, help="processes, each reading one scan at a time")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="worker processes, each reading one scan at a time (0 = in this process)")
     args = parser.parse_args(argv)
+    configure_logging()
     try:
-        n_blobs, n_inside = blob_candidates(args.data_dir, args.out, args.max_blobs, max(1, args.workers))
+        n_blobs, n_inside = blob_candidates(args.data_dir, args.out, args.max_blobs, max(0, args.workers))
     except (LunaError, OSError) as exc:
         print(f"blob_candidates: error: {exc}", file=sys.stderr)
         return 1

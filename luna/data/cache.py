@@ -25,7 +25,7 @@ import shutil
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from luna.luna16.csvfiles import check_series_uid
 from luna.progress import enumerate_with_estimate
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Open memory maps per process; each holds a file descriptor, so keep the count bounded.
 MAX_OPEN_ENTRIES = 64
@@ -179,19 +180,18 @@ def _build_job(job: tuple) -> int:
     return len(centers_xyz)
 
 
-def run_jobs(build: Callable[[tuple], object], jobs: Sequence[tuple], num_workers: int, desc: str) -> None:
-    """Run ``build`` on every job, in this process (``num_workers`` 0) or in a pool, with progress.
+def run_jobs(build: Callable[[tuple], T], jobs: Sequence[tuple], num_workers: int, desc: str) -> list[T]:
+    """Run ``build`` on every job, in this process (``num_workers`` 0) or in a pool, with progress;
+    return the results in the order they finished (by job, in this process).
 
     One job is one whole scan: a worker takes the next scan only when it is done with the last
     (chunksize 1), so memory is one scan per worker whatever the number of scans.
     """
     if num_workers == 0 or len(jobs) == 1:
-        for _ in enumerate_with_estimate(map(build, jobs), desc, total=len(jobs)):
-            pass
-        return
+        return [result for _, result in enumerate_with_estimate(map(build, jobs), desc, total=len(jobs))]
     with multiprocessing.get_context().Pool(min(num_workers, len(jobs))) as pool:
-        for _ in enumerate_with_estimate(pool.imap_unordered(build, jobs, chunksize=1), desc, total=len(jobs)):
-            pass
+        return [result for _, result in enumerate_with_estimate(pool.imap_unordered(build, jobs, chunksize=1), desc,
+                                                                 total=len(jobs))]
 
 
 def fill_cache(cache: CropCache, series_paths: dict[str, Path],
