@@ -26,7 +26,7 @@ A checkpoint is one ``torch.save`` file holding a plain dict::
 Every load uses ``torch.load(..., weights_only=True)``: a checkpoint is data, and a file from
 somewhere else must never be able to run code. So everything stored must be made of tensors,
 numbers, strings, None and lists/tuples/dicts of them; :func:`jsonable_args` and
-:func:`capture_rng_state` turn the usual offenders (config dataclasses, Paths, numpy arrays)
+:func:`luna.runtime.rng.capture_rng_state` turn the usual offenders (config dataclasses, Paths, numpy arrays)
 into such values.
 
 Writes are atomic (temp file in the same directory, fsync, rename), so a crash or a full disk
@@ -39,7 +39,6 @@ import enum
 import importlib.metadata
 import logging
 import math
-import random
 import re
 import shutil
 from pathlib import Path
@@ -53,6 +52,7 @@ from luna.atomic import atomic_open
 from luna.errors import DataError, UsageError
 from luna.luna16.paths import BEST_NAME, LAST_NAME
 from luna.models.registry import build_model
+from luna.runtime.rng import capture_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -105,41 +105,6 @@ def _jsonable(value: Any) -> Any:
         return value.item()
     # Path, torch.device, ...: their string form is what a user typed and what a reader wants.
     return str(value)
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """The state of every random generator training uses, in weights-only-loadable form.
-
-    Returns:
-        ``{"python": ..., "numpy": {...}, "torch": ByteTensor, "cuda": [ByteTensor, ...]}``.
-    """
-    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        # A numpy array is not on the weights-only allow list; a tensor is.
-        "numpy": {"name": name, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Put back generator states taken by :func:`capture_rng_state`.
-
-    Args:
-        state: the ``rng_state`` entry of a checkpoint. CUDA states are restored only when the
-            same number of GPUs is visible; otherwise CUDA keeps its current seed.
-    """
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    np_state = state["numpy"]
-    np.random.set_state((np_state["name"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    cuda_states = state.get("cuda") or []
-    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_states)
 
 
 def make_checkpoint(**fields: Any) -> dict[str, Any]:

@@ -31,9 +31,10 @@ from luna.luna16.candidates import split_series
 from luna.luna16.csvfiles import read_annotations
 from luna.luna16.paths import ANNOTATION_FILE_NAMES, LAST_NAME, find_csv
 from luna.models.registry import build_model, count_parameters
-from luna.runtime.checkpoint import CheckpointSaver, load_checkpoint, load_model_state, make_checkpoint, restore_rng_state
+from luna.runtime.checkpoint import CheckpointSaver, load_checkpoint, load_model_state, make_checkpoint
 from luna.runtime.device import StepConfig, prepare_model, resolve_performance
 from luna.runtime.distributed import all_reduce_sum, barrier, cleanup_distributed, init_distributed, seed_everything
+from luna.runtime.rng import restore_rng_state
 from luna.runtime.rundir import write_run_meta
 from luna.train.recipe import build_optimizer, build_scheduler
 from luna.train.runlog import RunLogger

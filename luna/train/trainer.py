@@ -29,8 +29,9 @@ from luna.data.negatives import HardNegativeMiner, excluded_filter
 from luna.eval.metrics import GOAL_PRECISION, RECALL_AT_GOAL_KEY
 from luna.luna16.paths import EXCLUDED_FILE_NAMES, LAST_NAME, VAL_PREDICTIONS_NAME, find_optional_csv
 from luna.models.registry import build_model, count_parameters
-from luna.runtime.checkpoint import CheckpointSaver, load_model_state, make_checkpoint, restore_rng_state
+from luna.runtime.checkpoint import CheckpointSaver, load_model_state, make_checkpoint
 from luna.runtime.device import StepConfig, prepare_model, resolve_performance
+from luna.runtime.rng import restore_rng_state
 from luna.runtime.rundir import write_run_meta
 from luna.runtime.distributed import (DistContext, barrier, cleanup_distributed, first_occurrence_mask,
                                       gather_per_sample, init_distributed, seed_everything)

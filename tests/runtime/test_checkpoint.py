@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from luna.runtime import checkpoint
-from luna.runtime.checkpoint import CheckpointSaver, capture_rng_state, jsonable_args, load_checkpoint, load_model_state, make_checkpoint, restore_rng_state, save_checkpoint
+from luna.runtime.checkpoint import CheckpointSaver, jsonable_args, load_checkpoint, load_model_state, make_checkpoint, save_checkpoint
+from luna.runtime.rng import capture_rng_state, restore_rng_state
 from luna.errors import DataError, UsageError
 
 
