@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from luna.cli.common import configure_logging  # noqa: E402
+from luna.cli.common import configure_logging, non_negative_int  # noqa: E402
 from luna.data.cache import run_jobs  # noqa: E402
 from luna.errors import LunaError  # noqa: E402
 from luna.infer.blobs import MAX_BLOBS, find_blobs  # noqa: E402
@@ -68,13 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data_dir", type=Path, help="a LUNA16-format data dir with candidates and annotations")
     parser.add_argument("out", type=Path, help="the candidates CSV to write (must not exist)")
-    parser.add_argument("--max-blobs", type=int, default=MAX_BLOBS, help="blobs a scan, as luna detect's default")
-    parser.add_argument("--workers", type=int, default=0,
+    parser.add_argument("--max-blobs", type=non_negative_int, default=MAX_BLOBS,
+                        help="blobs a scan, as luna detect's default")
+    parser.add_argument("--workers", type=non_negative_int, default=0,
                         help="worker processes, each reading one scan at a time (0 = in this process)")
     args = parser.parse_args(argv)
     configure_logging()
     try:
-        n_blobs, n_inside = blob_candidates(args.data_dir, args.out, args.max_blobs, max(0, args.workers))
+        n_blobs, n_inside = blob_candidates(args.data_dir, args.out, args.max_blobs, args.workers)
     except (LunaError, OSError) as exc:
         print(f"blob_candidates: error: {exc}", file=sys.stderr)
         return 1

@@ -52,3 +52,9 @@ def test_an_existing_output_and_a_dir_without_candidates_are_one_line_errors(tmp
     missing = run_tool(data, tmp_path / "new.csv")
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "candidates" in missing.stderr
     assert not (tmp_path / "new.csv").exists()
+
+
+def test_a_negative_count_is_refused_before_anything_is_read(tmp_path):
+    refused = run_tool(tmp_path / "no_such_dir", tmp_path / "out.csv", "--workers", "-1")
+    assert refused.returncode == 2 and "--workers" in refused.stderr and "must be >= 0" in refused.stderr
+    assert not (tmp_path / "out.csv").exists()
