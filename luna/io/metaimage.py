@@ -1,7 +1,9 @@
 """MetaImage (``.mhd`` + ``.raw``) headers, checked by hand before SimpleITK reads the scan.
 
 SimpleITK's own errors for a missing or truncated ``.raw`` are long and name the wrong thing;
-these checks name the file and the field instead.
+these checks name the file and the field instead. The data may also follow the header in the
+same file (``ElementDataFile = LOCAL``, what ``.mha`` files and some tools' ``.mhd`` files hold),
+so only the lines up to ``ElementDataFile`` are taken as text.
 """
 from __future__ import annotations
 
@@ -16,27 +18,61 @@ _ELEMENT_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2
                   "MET_UINT": 4, "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_LONG": 8, "MET_ULONG": 8}
 
 
-def read_mhd_header(mhd_path: Path) -> dict[str, str]:
-    """Parse a MetaImage header into {key: value} and check it describes a readable 3-D scan.
+# A header is a few hundred bytes; one that runs past this is no MetaImage header.
+_MAX_HEADER_BYTES = 65536
 
-    Raises:
-        DataError: unreadable header, not 3-D, unknown element type, bad DimSize, or a data file
-            that is missing or shorter than the header promises.
-    """
-    mhd_path = Path(mhd_path)
-    try:
-        text = mhd_path.read_bytes()[:65536].decode("ascii", errors="strict")
-    except FileNotFoundError:
-        raise DataError(f"scan header {mhd_path} does not exist") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{mhd_path}: not a MetaImage text header") from None
+
+def _header_bytes(mhd_path: Path) -> bytes:
+    """The header's bytes: every line up to and including ``ElementDataFile``, the last key of a
+    MetaImage header, after which inline (``LOCAL``) data may follow. Never reads that data."""
+    with open(mhd_path, "rb") as handle:
+        head = handle.read(_MAX_HEADER_BYTES)
+    key = head.find(b"ElementDataFile")
+    if key >= 0:
+        end = head.find(b"\n", key)
+        head = head[:end + 1] if end >= 0 else head
+    return head
+
+
+def _parse(text: str) -> dict[str, str]:
     header: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         if sep:
             header[key.strip()] = value.strip()
-        if key.strip() == "ElementDataFile":
-            break  # inline data may follow
+    return header
+
+
+def data_file(mhd_path: Path) -> Path | None:
+    """The separate file a ``.mhd`` header's voxels are in (``ElementDataFile``), or None when
+    they are in the header's own file (``LOCAL``), spread over several files (``LIST``, a
+    pattern) or the header cannot be read. For stamping a cache entry: never raises."""
+    try:
+        name = _parse(_header_bytes(Path(mhd_path)).decode("ascii")).get("ElementDataFile")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not name or name in ("LOCAL", "LIST") or name.startswith("LIST ") or "%" in name:
+        return None
+    return Path(mhd_path).parent / name
+
+
+def read_mhd_header(mhd_path: Path) -> dict[str, str]:
+    """Parse a MetaImage header into {key: value} and check it describes a readable 3-D scan.
+
+    Raises:
+        DataError: unreadable header, not 3-D, unknown element type, bad DimSize, or voxel data
+            (a separate file or inline after the header) that is missing or shorter than the
+            header promises.
+    """
+    mhd_path = Path(mhd_path)
+    try:
+        head = _header_bytes(mhd_path)
+        text = head.decode("ascii", errors="strict")
+    except FileNotFoundError:
+        raise DataError(f"scan header {mhd_path} does not exist") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{mhd_path}: not a MetaImage text header") from None
+    header = _parse(text)
     for key in ("NDims", "DimSize", "ElementType", "ElementDataFile"):
         if key not in header:
             raise DataError(f"{mhd_path}: malformed header, no {key} line")
@@ -51,17 +87,21 @@ def read_mhd_header(mhd_path: Path) -> dict[str, str]:
     element_type = header["ElementType"]
     if element_type not in _ELEMENT_BYTES:
         raise DataError(f"{mhd_path}: unsupported ElementType {element_type!r}")
-    compressed = header.get("CompressedData", "False").lower() == "true"
-    data_file = header["ElementDataFile"]
-    if data_file not in ("LOCAL", "LIST") and "%" not in data_file and not compressed:
-        raw_path = mhd_path.parent / data_file
+    if header.get("CompressedData", "False").lower() == "true":
+        return header  # compressed sizes say nothing; SimpleITK reports a short stream
+    expected = int(np.prod(dims)) * _ELEMENT_BYTES[element_type]
+    shape = f"{'x'.join(map(str, dims))} {element_type}"
+    if header["ElementDataFile"] == "LOCAL":
+        actual = mhd_path.stat().st_size - len(head)
+        if actual < expected:
+            raise DataError(f"{mhd_path}: truncated, {max(actual, 0)} bytes of voxels after the header but it "
+                            f"needs {expected} ({shape})")
+        return header
+    raw_path = data_file(mhd_path)
+    if raw_path is not None:
         if not raw_path.is_file():
             raise DataError(f"{mhd_path}: its data file {raw_path.name} is missing")
-        expected = int(np.prod(dims)) * _ELEMENT_BYTES[element_type]
         actual = raw_path.stat().st_size
         if actual < expected:
-            raise DataError(f"{raw_path}: truncated, {actual} bytes but the header needs {expected} "
-                            f"({'x'.join(map(str, dims))} {element_type})")
+            raise DataError(f"{raw_path}: truncated, {actual} bytes but the header needs {expected} ({shape})")
     return header
-
-

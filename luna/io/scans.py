@@ -16,6 +16,7 @@ from pathlib import Path
 
 from luna.errors import DataError
 from luna.io.dicom import dicom_files, is_dicom_file, list_series
+from luna.io.metaimage import data_file
 from luna.luna16.csvfiles import is_valid_series_uid
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,15 @@ def scan_uid(path: Path) -> str:
 
 
 def scan_files(scan_path: Path) -> list[Path]:
-    """The files a scan is read from: a header and its ``.raw``, the one file, or the DICOM files
-    of a folder (all of them: which belong to which series is for GDCM to say, at a cost)."""
+    """The files a scan is read from: a ``.mhd`` header and the data file it names (``.raw``,
+    ``.zraw``, any name; none when the data is inline), the one file, or the DICOM files of a
+    folder (all of them: which belong to which series is for GDCM to say, at a cost)."""
     scan_path = Path(scan_path)
     if scan_path.is_dir():
         return dicom_files(scan_path)
     if scan_suffix(scan_path) == ".mhd":
-        return [scan_path, scan_path.with_suffix(".raw")]
+        raw_path = data_file(scan_path)
+        return [scan_path] if raw_path is None else [scan_path, raw_path]
     return [scan_path]
 
 

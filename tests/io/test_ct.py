@@ -80,6 +80,25 @@ def test_malformed_headers(scan, edit, message):
     assert path.stem in str(info.value)
 
 
+def inline(path):
+    """The scan at ``path`` rewritten as one file: its header, then its voxels (``LOCAL``)."""
+    local = path.with_name("1.2.4.mhd")
+    header = path.read_text().replace("ElementDataFile = 1.2.3.raw", "ElementDataFile = LOCAL")
+    local.write_bytes(header.encode() + path.with_suffix(".raw").read_bytes())
+    return local
+
+
+def test_voxels_inline_after_the_header_read_as_from_a_raw_file(scan):
+    path, _ = scan
+    local = inline(path)
+    assert read_mhd_header(local)["ElementDataFile"] == "LOCAL"
+    np.testing.assert_array_equal(Ct(local).hu_a, Ct(path).hu_a)
+    local.write_bytes(local.read_bytes()[:-10])
+    with pytest.raises(DataError, match=r"1.2.4.mhd: truncated, 47990 bytes of voxels after the header but it "
+                                        r"needs 48000 \(40x30x20 MET_SHORT\)"):
+        Ct(local)
+
+
 def test_binary_garbage_header(tmp_path):
     path = tmp_path / "1.2.mhd"
     path.write_bytes(bytes(range(256)))

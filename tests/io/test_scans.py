@@ -131,6 +131,17 @@ def test_scan_files(mixed):
     assert scan_files(series) == dicom_files(series) and len(scan_files(series)) == 6
 
 
+def test_scan_files_follow_the_header_to_its_data(scan):
+    path, volume = scan
+    assert scan_files(path) == [path, path.with_suffix(".raw")]
+    compressed = path.with_name("4.5.mhd")
+    sitk.WriteImage(sitk.ReadImage(str(path)), str(compressed), True)
+    assert scan_files(compressed) == [compressed, path.with_name("4.5.zraw")]
+    local = path.with_name("6.7.mhd")
+    local.write_bytes(path.read_text().replace("1.2.3.raw", "LOCAL").encode() + volume.tobytes())
+    assert scan_files(local) == [local]
+
+
 def test_missing_empty_and_bad_names(tmp_path, caplog):
     with pytest.raises(DataError, match="does not exist"):
         find_series_files(tmp_path / "absent")
