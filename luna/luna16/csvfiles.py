@@ -101,7 +101,8 @@ def read_table(path: str | Path, columns: Sequence[str], what: str, keep: set[st
     skipped_uids: set[str] = set()
     with handle:
         try:
-            reader = csv.reader(handle)
+            # skipinitialspace: `a, "b"` is the quoted field b, as hand-edited files write it.
+            reader = csv.reader(handle, skipinitialspace=True)
             header = _check_header(path, next(reader, None), columns, what)
             index = [header.index(name) for name in columns]
             for row in reader:
@@ -221,12 +222,13 @@ def read_series_list(path: str | Path) -> list[str]:
         raise DataError(f"series list {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read series list {path}: {exc}") from None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if lines and "seriesuid" in [name.strip() for name in lines[0].split(",")]:
-        column = [name.strip() for name in lines[0].split(",")].index("seriesuid")
-        uids = [line.split(",")[column].strip() for line in lines[1:]]
+    rows = [[cell.strip() for cell in row] for row in csv.reader(io.StringIO(text), skipinitialspace=True)
+            if any(cell.strip() for cell in row)]
+    if rows and "seriesuid" in rows[0]:
+        column = rows[0].index("seriesuid")
+        uids = [row[column] if column < len(row) else "" for row in rows[1:]]
     else:
-        uids = lines
+        uids = [",".join(row) for row in rows]
     if not uids:
         raise DataError(f"{path}: the series list is empty")
     for number, uid in enumerate(uids, start=1):

@@ -88,3 +88,15 @@ def test_series_list_forms(tmp_path):
     (tmp_path / "bad.txt").write_text("../etc\n")
     with pytest.raises(DataError, match="bad.txt: entry 1: series uid '../etc' is not a plain UID"):
         read_series_list(tmp_path / "bad.txt")
+
+
+def test_other_tools_quoting_spacing_and_column_order_are_read(tmp_path):
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text('"class","coordZ","seriesuid","coordY","coordX"\n"1","3.0","1.2","2","1e0"\n')
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_text('class, coordX, seriesuid, coordY, coordZ, source\n1.0, 1.0, "1.2", 2, 3, tool x\n')
+    for path in (quoted, spaced):
+        table = read_table(path, CANDIDATE_COLUMNS, "candidates")
+        assert table.uids == ["1.2"], path.name
+        np.testing.assert_array_equal(table.values, [[1, 2, 3, 1]])
+    assert read_series_list(quoted) == ["1.2"] and read_series_list(spaced) == ["1.2"]
