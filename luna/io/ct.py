@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 
 ORIENTATION = "LPS"
 
+# A chest CT in HU has air (about -1000) around the body and in the lungs. A scan whose darkest
+# hundredth of voxels lies above this was most likely stored without its rescale (a scanner's
+# raw values, air near 0) or in another unit: every crop would be wrong and no step would fail,
+# so the reader warns.
+AIR_CHECK_HU = -500
+
 
 def read_image(path: Path, series_uid: str | None = None) -> tuple[sitk.Image, str]:
     """Read a scan file or a DICOM series folder as a 3-D image in HU, and name it.
@@ -91,6 +97,15 @@ class Ct:
         self.origin_xyz = XyzTuple(*image.GetOrigin())
         self.spacing_xyz = XyzTuple(*image.GetSpacing())
         self.direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+        self._warn_unless_hu()
+
+    def _warn_unless_hu(self) -> None:
+        # Every 4th slice and 8th row and column: a few thousand voxels say where air is.
+        darkest = float(np.percentile(self.hu_a[::4, ::8, ::8], 1))
+        if darkest > AIR_CHECK_HU:
+            log.warning("%s: its darkest voxels are at %.0f or above, where a chest CT in Hounsfield units has "
+                        "air at about -1000; are its values HU? (stored DICOM values need the rescale applied)",
+                        self.path, darkest)
 
     def xyz2irc(self, center_xyz: Sequence[float]) -> IrcTuple:
         return xyz2irc(center_xyz, self.origin_xyz, self.spacing_xyz, self.direction)

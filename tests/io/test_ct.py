@@ -9,6 +9,7 @@ from luna.io.metaimage import read_mhd_header
 from luna.io.writers import SCAN_FORMATS
 from luna.luna16.geometry import irc2xyz
 from luna.synth.phantom import generate_scan, make_dataset
+from tests.conftest import write_scan
 
 
 def test_ct_clips_and_reads_in_lps_order(scan):
@@ -140,3 +141,16 @@ def test_the_same_phantom_reads_the_same_in_every_format(phantom_formats):
             assert_voxels_at_their_world_place(ct, scan)
             for nodule in scan.nodules:   # the CSVs' world coordinates land on the nodule
                 assert ct.hu_a[ct.xyz2irc(nodule.center_xyz)] > -800, (fmt, nodule)
+
+
+def test_a_scan_without_air_is_reported_as_perhaps_not_hu(scan, tmp_path, caplog):
+    path, volume = scan
+    with caplog.at_level("WARNING", logger="luna.io.ct"):
+        Ct(path)
+    assert not caplog.records
+    # The scanner's stored values (air near 0) written as they are, without the rescale to HU.
+    stored = write_scan(tmp_path / "9.9.mhd", np.clip(volume, -1000, 1000) + 1024, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    with caplog.at_level("WARNING", logger="luna.io.ct"):
+        Ct(stored)
+    assert len(caplog.records) == 1
+    assert "9.9.mhd: its darkest voxels are at 24 or above" in caplog.records[0].getMessage()
