@@ -28,6 +28,16 @@ class UsageError(LunaError):
     exit_code = 2
 
 
+def library_reason(exc: BaseException, limit: int = 200) -> str:
+    """What a C++ library's exception says is wrong, in one line. SimpleITK's text starts with
+    the source file and line that threw (``...sitkImageReaderBase.cxx:99:``) and says what is
+    wrong after ``ERROR:`` on a later line; that part is kept."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = next((line.split("ERROR:", 1)[1].strip() for line in lines if "ERROR:" in line),
+                  lines[0] if lines else "unreadable")
+    return reason[:limit]
+
+
 def is_disk_full(exc: OSError) -> bool:
     """True for "no space left on the device" errors, including numpy's, which carry no errno."""
     return exc.errno in (errno.ENOSPC, errno.EDQUOT) or "free space" in str(exc)

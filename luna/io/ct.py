@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from luna.errors import DataError
+from luna.errors import DataError, library_reason
 from luna.io.dicom import read_series
 from luna.io.metaimage import read_mhd_header
 from luna.io.scans import SCAN_KINDS, scan_suffix, scan_uid
@@ -31,6 +31,9 @@ from luna.luna16.sample import HU_MAX, HU_MIN
 log = logging.getLogger(__name__)
 
 ORIENTATION = "LPS"
+# SimpleITK picks its reader by the extension in lower case only; naming it reads SCAN.MHD too.
+IMAGE_IO = {".mhd": "MetaImageIO", ".mha": "MetaImageIO", ".nii": "NiftiImageIO", ".nii.gz": "NiftiImageIO",
+            ".nrrd": "NrrdImageIO"}
 
 # A chest CT in HU has air (about -1000) around the body and in the lungs. A scan whose darkest
 # hundredth of voxels lies above this was most likely stored without its rescale (a scanner's
@@ -61,10 +64,9 @@ def read_image(path: Path, series_uid: str | None = None) -> tuple[sitk.Image, s
     elif not path.exists():
         raise DataError(f"scan {path} does not exist")
     try:
-        image = sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path), imageIO=IMAGE_IO[suffix]) if suffix else sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        first = next((line for line in str(exc).splitlines() if line.strip()), "unreadable")
-        raise DataError(f"{path}: SimpleITK cannot read it: {first.strip()[:200]}") from None
+        raise DataError(f"{path}: SimpleITK cannot read it: {library_reason(exc)}") from None
     return image, series_uid or scan_uid(path)
 
 

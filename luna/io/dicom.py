@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 import SimpleITK as sitk
 
-from luna.errors import DataError
+from luna.errors import DataError, library_reason
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +243,5 @@ def read_series(folder: Path, series_uid: str | None = None) -> tuple[sitk.Image
         with _itk_warnings_off():
             image = reader.Execute()
     except RuntimeError as exc:
-        first = next((line for line in str(exc).splitlines() if line.strip()), "unreadable")
-        raise DataError(f"{where}: SimpleITK cannot read it: {first.strip()[:200]}") from None
+        raise DataError(f"{where}: SimpleITK cannot read it: {library_reason(exc)}") from None
     return image, series_uid

@@ -154,3 +154,24 @@ def test_a_scan_without_air_is_reported_as_perhaps_not_hu(scan, tmp_path, caplog
         Ct(stored)
     assert len(caplog.records) == 1
     assert "9.9.mhd: its darkest voxels are at 24 or above" in caplog.records[0].getMessage()
+
+
+def test_upper_case_extensions_read_like_lower_case(scan, tmp_path):
+    path, _ = scan
+    image = sitk.ReadImage(str(path))
+    sitk.WriteImage(image, str(tmp_path / "4.5.nii.gz"))
+    (tmp_path / "4.5.nii.gz").rename(tmp_path / "4.5.NII.GZ")
+    upper = tmp_path / "6.7.MHD"
+    upper.write_text(path.read_text().replace("ElementDataFile = 1.2.3.raw", "ElementDataFile = 6.7.RAW"))
+    (tmp_path / "6.7.RAW").write_bytes(path.with_suffix(".raw").read_bytes())
+    for other in (upper, tmp_path / "4.5.NII.GZ"):
+        np.testing.assert_array_equal(Ct(other).hu_a, Ct(path).hu_a)
+
+
+def test_a_reader_error_says_what_is_wrong_not_where_in_simpleitk(tmp_path):
+    path = tmp_path / "short.nrrd"
+    path.write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: 10 10 10\nencoding: raw\n\n")
+    with pytest.raises(DataError) as info:
+        Ct(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: SimpleITK cannot read it: ") and ".cxx" not in message, message
