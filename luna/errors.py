@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 
 
@@ -28,14 +29,26 @@ class UsageError(LunaError):
     exit_code = 2
 
 
-def library_reason(exc: BaseException, limit: int = 200) -> str:
-    """What a C++ library's exception says is wrong, in one line. SimpleITK's text starts with
-    the source file and line that threw (``...sitkImageReaderBase.cxx:99:``) and says what is
-    wrong after ``ERROR:`` on a later line; that part is kept."""
+def library_reason(exc: BaseException, limit: int = 240) -> str:
+    """What a C++ library's exception says is wrong, in one line.
+
+    ITK's text starts with the source file and line that threw (``...ImageReaderBase.cxx:99:``)
+    and says what is wrong after ``ERROR:``, behind the name and address of the object that
+    threw; a reason that ends in ``:`` is continued by the library's innermost message, the
+    message's last line.
+    """
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    reason = next((line.split("ERROR:", 1)[1].strip() for line in lines if "ERROR:" in line),
-                  lines[0] if lines else "unreadable")
+    if not lines:
+        return "unreadable"
+    found = next((match for match in map(_ERROR_LINE.search, lines) if match), None)
+    reason = _OBJECT_PREFIX.sub("", found.group(1)) if found else lines[0]
+    if reason.endswith(":") and lines[-1] not in reason:
+        reason = f"{reason} {lines[-1]}"
     return reason[:limit]
+
+
+_ERROR_LINE = re.compile(r"ERROR:?\s*(.*)")
+_OBJECT_PREFIX = re.compile(r"^\w+\(0x[0-9a-fA-F]+\):\s*")
 
 
 def is_disk_full(exc: OSError) -> bool:

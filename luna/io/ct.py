@@ -59,7 +59,7 @@ def read_image(path: Path, series_uid: str | None = None) -> tuple[sitk.Image, s
     suffix = scan_suffix(path)
     if suffix is None and path.exists():
         raise DataError(f"{path}: not a scan luna reads (expected {SCAN_KINDS})")
-    if suffix == ".mhd":
+    if suffix in (".mhd", ".mha"):
         read_mhd_header(path)
     elif not path.exists():
         raise DataError(f"scan {path} does not exist")

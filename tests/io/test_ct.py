@@ -175,3 +175,13 @@ def test_a_reader_error_says_what_is_wrong_not_where_in_simpleitk(tmp_path):
         Ct(path)
     message = str(info.value)
     assert message.startswith(f"{path}: SimpleITK cannot read it: ") and ".cxx" not in message, message
+
+
+def test_a_short_mha_is_named_before_simpleitk_reads_it(scan, tmp_path):
+    path, _ = scan
+    mha = tmp_path / "8.9.mha"
+    sitk.WriteImage(sitk.ReadImage(str(path)), str(mha))
+    np.testing.assert_array_equal(Ct(mha).hu_a, Ct(path).hu_a)
+    mha.write_bytes(mha.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"8.9.mha: truncated, 47900 bytes of voxels after the header"):
+        Ct(mha)
