@@ -129,8 +129,7 @@ def add_crop_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
 
 
 def add_scoring_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--tta-views``, ``--tta-top``, ``--nms-mm`` and ``--batchnorm-shift``: how ``luna predict`` and
-    ``luna detect`` score a scan."""
+    """``--tta-views``, ``--tta-top`` and ``--nms-mm``: how ``luna predict`` and ``luna detect`` score a scan."""
     parser.add_argument("--tta-views", type=int, choices=VIEW_COUNTS, default=DEFAULT_VIEW_COUNT,
                         help="test-time augmentation: average the model over this many in-plane symmetric "
                              "views of each crop (turns, mirror images); 1 = off, the compute grows with it")
@@ -142,10 +141,6 @@ def add_scoring_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) 
                         help="non-maximum suppression: a candidate closer than this to a higher-scoring "
                              f"one of its scan is taken as the same finding and its probability is scaled by "
                              f"{SUPPRESSED_SCALE:g} (every row is still written); 0 = off")
-    parser.add_argument("--batchnorm-shift", action=argparse.BooleanOptionalAction, default=True,
-                        help="score each scan with the classifier's batch norm statistics moved by how that "
-                             "scan's candidates differ from the training candidates (a checkpoint that "
-                             "recorded them; scans of other scanners gain, docs/results.md)")
 
 
 def add_device_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

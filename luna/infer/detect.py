@@ -39,7 +39,6 @@ from luna.infer.findings import Finding, ScanFindings, merge_rows, sorted_findin
 from luna.infer.grouping import THRESHOLD, group_candidates
 from luna.infer.predict import PredictConfig, crop_of_checkpoint, default_split, select_jobs
 from luna.infer.scoring import score_scan
-from luna.models.batchnorm_shift import BatchNormStats, reference_of
 from luna.infer.segmentation import segment_volume
 from luna.io.ct import Ct
 from luna.io.dicom import list_series, pick_series
@@ -88,7 +87,6 @@ class DetectConfig:
     device: str = "auto"
     precision: str = "auto"
     channels_last: str = "auto"
-    batchnorm_shift: bool = True
 
 
 @dataclass
@@ -102,7 +100,6 @@ class Models:
     step_cfg: StepConfig
     seg_args: dict[str, Any]
     cls_args: dict[str, Any]
-    reference: BatchNormStats | None = None  # the classifier's, when it is to be shifted scan by scan
 
 
 def read_scan(path: Path, series_uid: str | None = None) -> Ct:
@@ -138,17 +135,16 @@ def load_models(config: DetectConfig, ctx: DistContext) -> Models:
     crop = crop_of_checkpoint(cls_path, cls_ckpt)
     if config.tta_views == 8 and crop.shape_irc[1] != crop.shape_irc[2]:
         raise UsageError(f"--tta-views 8 needs square crops, the classifier takes {crop.shape_irc}; use 4")
-    reference = reference_of(cls_ckpt) if config.batchnorm_shift else None
     perf = resolve_performance(config.precision, config.channels_last, ctx.device)
     segmenter = prepare_model(segmenter, ctx.device, perf.channels_last).eval()
     classifier = prepare_model(classifier, ctx.device, perf.channels_last).eval()
     if ctx.is_primary:
         log.info("Segmentation %s (epoch %s, grid %s), classifier %s (epoch %s), on %s, %s, channels_last=%s, "
-                 "%d view(s), NMS radius %g mm, batch norm %s", seg_path, seg_ckpt.get("epoch", "?"), grid,
-                 cls_path, cls_ckpt.get("epoch", "?"), ctx.device, perf.precision, perf.channels_last,
-                 config.tta_views, config.nms_mm, "shifted scan by scan" if reference else "as trained")
+                 "%d view(s), NMS radius %g mm", seg_path, seg_ckpt.get("epoch", "?"), grid, cls_path,
+                 cls_ckpt.get("epoch", "?"), ctx.device, perf.precision, perf.channels_last, config.tta_views,
+                 config.nms_mm)
     return Models(segmenter, classifier, grid, crop, StepConfig(ctx.device, perf.precision, perf.channels_last),
-                  seg_args, cls_args, reference)
+                  seg_args, cls_args)
 
 
 def select_scans(config: DetectConfig, models: Models) -> list[tuple[str, Path]]:
@@ -236,8 +232,7 @@ def detect_scan(models: Models, series_uid: str, path: Path, config: DetectConfi
     # Scored as luna predict scores given candidates: all at one view, the best tta_top again
     # at every view; then near neighbours (a nodule's component and its blob) are lowered.
     scores = score_scan(models.classifier, ct, centers_xyz, models.step_cfg, config.batch_size, models.crop,
-                        config.tta_views, config.tta_top, models.reference) if len(candidates) \
-        else np.zeros(0, dtype=np.float32)
+                        config.tta_views, config.tta_top) if len(candidates) else np.zeros(0, dtype=np.float32)
     suppressed = suppress_neighbours(centers_xyz, scores, config.nms_mm)
     # The findings: the most probable after the views and the suppression. Cutting after the
     # views, not at one view, keeps nodules the single view underrates.

@@ -34,7 +34,6 @@ from luna.luna16.csvfiles import PREDICTION_COLUMNS, prediction_rows, write_tabl
 from luna.luna16.geometry import XyzTuple
 from luna.luna16.paths import ANNOTATION_FILE_NAMES, default_data_dir, find_optional_csv, predictions_name
 from luna.luna16.sample import CROP_SHAPE_IRC
-from luna.models.batchnorm_shift import BatchNormStats, reference_of
 from luna.models.views import DEFAULT_VIEW_COUNT, DEFAULT_VIEWS_TOP
 from luna.progress import enumerate_with_estimate
 from luna.runtime.checkpoint import load_checkpoint, load_model, resolve_checkpoint_path
@@ -68,7 +67,6 @@ class PredictConfig:
     precision: str = "auto"
     channels_last: str = "auto"
     prefetch: bool = True
-    batchnorm_shift: bool = True
 
 
 def read_candidates(data_dir: Path, candidates_csv: Path | None,
@@ -207,9 +205,6 @@ class ScoringModel:
     crop: CropConfig
     train_args: dict[str, Any]
     described: str  # for the log: where it came from and how it runs
-    # Batch norm inputs' statistics over training candidates, for the per-scan shift
-    # (luna.models.batchnorm_shift); None for exported models and checkpoints from before it.
-    reference: BatchNormStats | None = None
 
 
 def checkpoint_model(ckpt_path: Path, config: PredictConfig, device: torch.device) -> ScoringModel:
@@ -222,7 +217,7 @@ def checkpoint_model(ckpt_path: Path, config: PredictConfig, device: torch.devic
     return ScoringModel(model, StepConfig(device, perf.precision, perf.channels_last),
                         crop_of_checkpoint(ckpt_path, ckpt), train_args,
                         f"{ckpt_path} epoch {ckpt.get('epoch', '?')} on {device}, {perf.precision}, "
-                        f"channels_last={perf.channels_last}", reference_of(ckpt))
+                        f"channels_last={perf.channels_last}")
 
 
 def exported_model(path: Path, model_format: str, config: PredictConfig) -> ScoringModel:
@@ -263,18 +258,16 @@ def _predict(config: PredictConfig, ctx: DistContext) -> Path:
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; give a file name such as {out / 'predictions.csv'}")
     crop = scoring.crop
-    reference = scoring.reference if config.batchnorm_shift else None
     if config.tta_views == 8 and crop.shape_irc[1] != crop.shape_irc[2]:
         raise UsageError(f"--tta-views 8 needs square crops, the model takes {crop.shape_irc}; use 4")
     if ctx.is_primary:
         log.info("Scoring %d candidates of %d scans (%s split, val_stride=%d, split=%s; %d process(es)) with %s, "
-                 "crop edge %s, voxels %s, %d view(s)%s, NMS radius %g mm, batch norm %s",
+                 "crop edge %s, voxels %s, %d view(s)%s, NMS radius %g mm",
                  selection.n_candidates, len(selection.jobs), selection.split, selection.val_stride,
                  selection.split_mode, ctx.world_size, scoring.described, crop.edge,
                  f"{crop.voxel_mm:g} mm" if crop.voxel_mm else "as scanned", config.tta_views,
                  f" for the best {config.tta_top} of each scan by one view"
-                 if config.tta_views > 1 and config.tta_top else "", config.nms_mm,
-                 "shifted scan by scan" if reference else "as trained")
+                 if config.tta_views > 1 and config.tta_top else "", config.nms_mm)
 
     # Scan by scan, then one atomic write: an error half-way leaves no file, or the old one. The
     # folder is made first, so that a path that cannot be written fails before minutes of work.
@@ -283,7 +276,7 @@ def _predict(config: PredictConfig, ctx: DistContext) -> Path:
     started = time.perf_counter()
     mine = list(range(ctx.rank, len(selection.jobs), ctx.world_size))
     scored = iter_scan_scores(scoring.model, [selection.jobs[i] for i in mine], scoring.step_cfg, config.batch_size,
-                              crop, config.tta_views, config.tta_top, config.prefetch, reference)
+                              crop, config.tta_views, config.tta_top, config.prefetch)
     progress = (item for _, item in enumerate_with_estimate(scored, "Scoring", total=len(mine)))
     done = [(index, list(result_rows([item], config.nms_mm))) for index, item in zip(mine, progress)]
     rows = merge_rows(gather_objects(done, ctx))

@@ -19,7 +19,6 @@ from torch import nn
 
 from luna.data.crops import Cropper, CropConfig
 from luna.io.ct import Ct
-from luna.models.batchnorm_shift import SCAN_SAMPLE, BatchNormStats, measure, shifted
 from luna.models.views import predict_views
 from luna.runtime.device import StepConfig
 
@@ -54,7 +53,7 @@ def crops_to_batch(crops_irc: np.ndarray, step_cfg: StepConfig) -> torch.Tensor:
 @torch.inference_mode()
 def score_scan(model: nn.Module, ct: Ct, centers_xyz: Sequence[Sequence[float]], step_cfg: StepConfig,
                batch_size: int = 64, crop: CropConfig = CropConfig(), views: int = 1,
-               views_top: int = 0, reference: BatchNormStats | None = None) -> np.ndarray:
+               views_top: int = 0) -> np.ndarray:
     """Nodule probability of each candidate of one scan.
 
     Args:
@@ -73,10 +72,6 @@ def score_scan(model: nn.Module, ct: Ct, centers_xyz: Sequence[Sequence[float]],
             FROC up to 8 false positives per scan reads only its best-scored few dozen, so the
             views are spent where they can change the ranking (docs/results.md measures it).
 
-        reference: the batch norm inputs' statistics over training candidates (a checkpoint's
-            ``batchnorm_reference``); when given, the scan is scored with its batch norm
-            statistics shifted by how its own candidates differ (:mod:`luna.models.batchnorm_shift`).
-
     Returns:
         float32 array (len(centers_xyz),) of probabilities in [0, 1], in the order given.
 
@@ -87,24 +82,6 @@ def score_scan(model: nn.Module, ct: Ct, centers_xyz: Sequence[Sequence[float]],
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval()
     cropper = Cropper(ct, crop)
-    if reference is None:
-        return _score_views(model, cropper, centers_xyz, step_cfg, batch_size, views, views_top)
-    with shifted(model, reference, _scan_statistics(model, cropper, centers_xyz, step_cfg, batch_size)):
-        return _score_views(model, cropper, centers_xyz, step_cfg, batch_size, views, views_top)
-
-
-def _scan_statistics(model: nn.Module, cropper: Cropper, centers_xyz: Sequence[Sequence[float]],
-                     step_cfg: StepConfig, batch_size: int) -> BatchNormStats:
-    """The batch norm inputs' statistics over up to :data:`SCAN_SAMPLE` of the scan's candidates,
-    drawn the same way on every run (a fixed seed), at one view and in float32."""
-    pick = np.sort(np.random.default_rng(0).permutation(len(centers_xyz))[:SCAN_SAMPLE])
-    crops = np.stack([cropper.crop_at(centers_xyz[i])[0] for i in pick])
-    return measure(model, (crops_to_batch(crops[k:k + batch_size], step_cfg) for k in range(0, len(crops), batch_size)))
-
-
-def _score_views(model: nn.Module, cropper: Cropper, centers_xyz: Sequence[Sequence[float]], step_cfg: StepConfig,
-                 batch_size: int, views: int, views_top: int) -> np.ndarray:
-    """Every candidate at one view, then the ``views_top`` best again at ``views`` (see :func:`score_scan`)."""
     if views == 1 or not 0 < views_top < len(centers_xyz):
         return _score_crops(model, cropper, centers_xyz, step_cfg, batch_size, views)
     probabilities = _score_crops(model, cropper, centers_xyz, step_cfg, batch_size, 1)
@@ -137,12 +114,11 @@ def _read_ct(job: ScanJob) -> Ct:
 
 def iter_scan_scores(model: nn.Module, jobs: Sequence[ScanJob], step_cfg: StepConfig, batch_size: int = 64,
                      crop: CropConfig = CropConfig(), views: int = 1, views_top: int = 0,
-                     prefetch: bool = True, reference: BatchNormStats | None = None
-                     ) -> Iterator[tuple[ScanJob, np.ndarray]]:
+                     prefetch: bool = True) -> Iterator[tuple[ScanJob, np.ndarray]]:
     """Score scan after scan, yielding ``(job, probabilities)`` in the order of ``jobs``.
 
     Args:
-        model, step_cfg, batch_size, crop, views, views_top, reference: as for :func:`score_scan`.
+        model, step_cfg, batch_size, crop, views, views_top: as for :func:`score_scan`.
         jobs: the scans and their candidates.
         prefetch: read the next scan in a background thread while this one is scored. Reading
             (SimpleITK, then clipping) and the model both spend most of their time outside
@@ -157,8 +133,7 @@ def iter_scan_scores(model: nn.Module, jobs: Sequence[ScanJob], step_cfg: StepCo
     """
     if not prefetch:
         for job in jobs:
-            yield job, score_scan(model, _read_ct(job), job.centers_xyz, step_cfg, batch_size, crop, views, views_top,
-                                  reference)
+            yield job, score_scan(model, _read_ct(job), job.centers_xyz, step_cfg, batch_size, crop, views, views_top)
         return
     if not jobs:
         return
@@ -169,7 +144,6 @@ def iter_scan_scores(model: nn.Module, jobs: Sequence[ScanJob], step_cfg: StepCo
             ct = pending.result()
             if ndx + 1 < len(jobs):
                 pending = pool.submit(_read_ct, jobs[ndx + 1])
-            probabilities = score_scan(model, ct, job.centers_xyz, step_cfg, batch_size, crop, views, views_top,
-                                       reference)
+            probabilities = score_scan(model, ct, job.centers_xyz, step_cfg, batch_size, crop, views, views_top)
             del ct  # the reader may already be filling the next one
             yield job, probabilities

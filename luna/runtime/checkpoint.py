@@ -21,8 +21,6 @@ A checkpoint is one ``torch.save`` file holding a plain dict::
         "data": dict,                     # scans and candidates per side: train_scans, val_candidates ...
         "val_metrics": dict,              # the epoch's validation figures (floats), as in summary.csv
         "rng_state": dict,                # see capture_rng_state
-        "batchnorm_reference": dict,      # optional: the batch norm inputs' statistics over training
-                                          # candidates, see luna.models.batchnorm_shift
     }
 
 Every load uses ``torch.load(..., weights_only=True)``: a checkpoint is data, and a file from

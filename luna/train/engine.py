@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from luna.errors import LunaError
-from luna.data.dataset import LunaDataset
 from luna.eval.metrics import classifier_metrics
-from luna.models.batchnorm_shift import REFERENCE_SAMPLE, BatchNormStats, measure
 from luna.progress import enumerate_with_estimate
 from luna.runtime.device import StepConfig
 from luna.train.augment import AugmentConfig, augment_batch
@@ -131,19 +128,3 @@ def epoch_metrics(metrics_t: torch.Tensor, threshold: float = 0.5) -> dict[str, 
     values = metrics_t.detach().to(device="cpu", dtype=torch.float64).numpy()
     return classifier_metrics(values[METRICS_LABEL_NDX], values[METRICS_PRED_NDX], values[METRICS_LOSS_NDX],
                               threshold)
-
-
-def batchnorm_reference(model: nn.Module, ds: LunaDataset, cfg: StepConfig, batch_size: int,
-                        n_crops: int = REFERENCE_SAMPLE) -> BatchNormStats:
-    """The batch norm inputs' statistics over ``n_crops`` training candidates drawn uniformly (so in
-    their natural mix, mostly non-nodules, as a scan's candidates are), not augmented: what
-    ``luna predict`` compares each scan's candidates with (:mod:`luna.models.batchnorm_shift`).
-    The same candidates every epoch (a fixed seed), read from the crop cache."""
-    pick = np.sort(np.random.default_rng(0).permutation(len(ds.candidates))[:n_crops])
-
-    def batches():
-        for start in range(0, len(pick), batch_size):
-            crops = np.stack([ds.read_crop(int(i))[0] for i in pick[start:start + batch_size]])
-            yield cfg.to_device(torch.from_numpy(crops).unsqueeze(1))
-
-    return measure(model, batches())

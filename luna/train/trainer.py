@@ -36,7 +36,7 @@ from luna.runtime.rundir import write_run_meta
 from luna.runtime.distributed import (DistContext, barrier, cleanup_distributed, first_occurrence_mask,
                                       gather_per_sample, init_distributed, seed_everything)
 from luna.train.config import TrainConfig
-from luna.train.engine import METRICS_LOSS_NDX, batchnorm_reference, epoch_metrics, evaluate, train_one_epoch
+from luna.train.engine import METRICS_LOSS_NDX, epoch_metrics, evaluate, train_one_epoch
 from luna.train.recipe import build_optimizer, build_scheduler
 from luna.train.resume import check_resume, load_run_checkpoint
 from luna.train.session import out_of_memory, run_names
@@ -280,8 +280,7 @@ class ClassifierTrainer:
             scaler_state=self.scaler.state_dict() if self.scaler else None, epoch=epoch,
             samples_seen=self.samples_seen, args=c, data=self.data_counts,
             val_metrics={key: float(value) for key, value in val_metrics.items()},
-            negative_loss=torch.from_numpy(miner.loss) if miner is not None else None,
-            batchnorm_reference=batchnorm_reference(self.model, self.train_ds, self.step_cfg, c.batch_size).to_dict())
+            negative_loss=torch.from_numpy(miner.loss) if miner is not None else None)
         # "epoch" ranks like any metric (higher is better), so best.pt follows the latest epoch.
         self.saver.save(state, {"epoch": epoch, **val_metrics}.get(c.best_metric, math.nan))
 

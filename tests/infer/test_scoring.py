@@ -132,23 +132,3 @@ def test_views_go_to_the_best_candidates_by_one_view(data, views_top):
     # As many as the scan has, or more: every candidate gets every view.
     np.testing.assert_allclose(score_scan(model, ct, job.centers_xyz, CPU_FP32, crop=CROP, views=8,
                                           views_top=len(one_view)), all_views, atol=1e-6)
-
-
-def test_the_batchnorm_shift_is_measured_on_the_scans_own_candidates(data):
-    from luna.models.batchnorm_shift import measure
-
-    model = make_spread_model(crop_shape_irc=CROP_IRC)
-    job = scan_jobs(data)[0]
-    ct = Ct(job.scan_path)
-    plain = score_scan(model, ct, job.centers_xyz, CPU_FP32, crop=CROP)
-    crops = torch.from_numpy(np.stack([crop_candidate(ct, c, CROP_IRC)[0] for c in job.centers_xyz])[:, None]).float()
-    # A reference equal to this scan's own statistics shifts nothing...
-    same = measure(model, [crops])
-    np.testing.assert_allclose(score_scan(model, ct, job.centers_xyz, CPU_FP32, crop=CROP, reference=same), plain,
-                               atol=1e-5)
-    # ...one measured on brighter scans moves every score, and the model keeps its own statistics.
-    brighter = measure(model, [crops + 200])
-    before = model.tail_batchnorm.running_mean.clone()
-    moved = score_scan(model, ct, job.centers_xyz, CPU_FP32, crop=CROP, reference=brighter)
-    assert np.abs(moved - plain).min() > 1e-4
-    assert torch.equal(model.tail_batchnorm.running_mean, before)
