@@ -152,3 +152,23 @@ def test_dicom_files_without_extension_are_found(series, tmp_path):
     assert not is_dicom_file(plain / "notes.txt")
     assert len(dicom_files(plain)) == scan.hu.shape[0]
     np.testing.assert_array_equal(Ct(plain).hu_a, Ct(folder).hu_a)
+
+
+def test_slices_with_their_own_rescale_read_in_one_hu_scale(series_dirs, tmp_path, monkeypatch):
+    # Scanners and converters may store each slice with its own intercept: HU must come through
+    # each slice's rescale, not the first slice's for all.
+    import luna.io.writers as writers
+
+    scan = series_dirs["scans"][0]
+    image = sitk.GetImageFromArray(scan.hu)
+    image.SetSpacing(scan.spacing_xyz)
+    image.SetOrigin(scan.origin_xyz)
+    image.SetDirection(scan.direction)
+    monkeypatch.setattr(writers, "DICOM_RESCALE_INTERCEPT", -1000)
+    other = write_dicom_series(image, tmp_path / "other", scan.uid)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(series_dirs["dirs"][0], mixed)
+    for path in other[1::2]:
+        shutil.copy(path, mixed / path.name)
+    assert (mixed / other[1].name).read_bytes() != (series_dirs["dirs"][0] / other[1].name).read_bytes()
+    np.testing.assert_array_equal(Ct(mixed).hu_a, Ct(series_dirs["dirs"][0]).hu_a)
