@@ -43,17 +43,23 @@ def _parse(text: str) -> dict[str, str]:
     return header
 
 
-def data_file(mhd_path: Path) -> Path | None:
-    """The separate file a ``.mhd`` header's voxels are in (``ElementDataFile``), or None when
-    they are in the header's own file (``LOCAL``), spread over several files (``LIST``, a
-    pattern) or the header cannot be read. For stamping a cache entry: never raises."""
-    try:
-        name = _parse(_header_bytes(Path(mhd_path)).decode("ascii")).get("ElementDataFile")
-    except (OSError, UnicodeDecodeError):
-        return None
-    if not name or name in ("LOCAL", "LIST") or name.startswith("LIST ") or "%" in name:
+def _named_data_file(mhd_path: Path, header: dict[str, str]) -> Path | None:
+    """The one separate file a parsed header's ``ElementDataFile`` names, or None for voxels in
+    the header's own file (``LOCAL``) or spread over several (``LIST``, a ``%`` pattern)."""
+    name = header.get("ElementDataFile", "")
+    if not name or name == "LOCAL" or name.split()[0] == "LIST" or "%" in name:
         return None
     return Path(mhd_path).parent / name
+
+
+def data_file(mhd_path: Path) -> Path | None:
+    """The separate file a ``.mhd`` header's voxels are in (see :func:`_named_data_file`), or
+    None, also when the header cannot be read. For stamping a cache entry: never raises."""
+    try:
+        header = _parse(_header_bytes(Path(mhd_path)).decode("ascii"))
+    except (OSError, UnicodeDecodeError):
+        return None
+    return _named_data_file(mhd_path, header)
 
 
 def read_mhd_header(mhd_path: Path) -> dict[str, str]:
@@ -97,7 +103,7 @@ def read_mhd_header(mhd_path: Path) -> dict[str, str]:
             raise DataError(f"{mhd_path}: truncated, {max(actual, 0)} bytes of voxels after the header but it "
                             f"needs {expected} ({shape})")
         return header
-    raw_path = data_file(mhd_path)
+    raw_path = _named_data_file(mhd_path, header)
     if raw_path is not None:
         if not raw_path.is_file():
             raise DataError(f"{mhd_path}: its data file {raw_path.name} is missing")
