@@ -48,7 +48,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="scanner settings: default (today's scans, same files as ever), varied (each scan "
                              "draws slice spacing 0.6-3.0 mm and thickness, pixel, kernel noise x0.5-2.5, HU "
                              "offset +-30 and LUNA16-like nodule sizes) or shifted (thick 2.5-3.0 mm slices, "
-                             "sharp noisy kernel, HU offset: a held-out set unlike the others) or mixed (every "
+                             "sharp noisy kernel, HU offset: a held-out set unlike the others), shifted-anatomy "
+                             "(vessel trees and lung texture drawn unlike any other: a held-out set of other "
+                             "anatomy) or mixed (every "
                              "third scan varied, the others default: training data that holds better on other "
                              "scanners); all but default also write acquisition.csv, one row a scan")
     parser.add_argument("--workers", type=positive_int, default=1,

@@ -38,6 +38,17 @@ each scan's acquisition from a preset (``luna synth --acquisition``):
     - pixel from the size's own range; body, vessels and nodule sizes as by default, so that
       only the acquisition differs.
 
+``shifted-anatomy`` (:data:`SHIFTED_ANATOMY`), a held-out set of other anatomy: another tool
+    draws vessels and lungs its own way, and a model that learned luna's own vessels may take
+    that tool's for nodules. Acquisition as by default (slices from the size's own range, as thick
+    as their spacing; today's noise and kernel; no HU offset); the vessel trees and the lung
+    texture (:class:`~luna.synth.anatomy.VesselStyle`) unlike every other preset's:
+
+    - segments 0.45-0.5 x today's length between forks (bushy trees that stay near the hilum);
+    - forks turning 1.7-1.8 x as far; vessel walls with a partial-volume ramp 3-3.2 x as wide;
+    - curving vessels: each segment's two inner joints move sideways by 0.35-0.4 x its length;
+    - parenchyma lumps 2.5-2.7 x as strong.
+
 The slice profile: today's scans are blurred along z by a 0.7-voxel Gaussian, taken here as
 the profile of a slice as thick as its spacing; a slice ``f`` times thicker widens it to
 ``0.7 f`` voxels (partial volume of thick slices). Thin slices get more of them, so that a
@@ -60,11 +71,12 @@ import numpy as np
 
 from luna.errors import UsageError
 from luna.luna16.csvfiles import write_table
-from luna.synth.anatomy import BLUR_SIGMA_VOX, SizeSpec
+from luna.synth.anatomy import BLUR_SIGMA_VOX, SizeSpec, VesselStyle
 
 ACQUISITION_CSV = "acquisition.csv"
 ACQUISITION_COLUMNS = ("seriesuid", "acquisition", "spacing_z_mm", "slice_thickness_mm", "pixel_mm",
-                       "noise_factor", "kernel_sigma_px", "hu_offset")
+                       "noise_factor", "kernel_sigma_px", "hu_offset", "vessel_length_factor", "fork_angle_factor",
+                       "vessel_edge_factor", "tortuosity", "texture_factor")
 
 # Real scanners' pixels spread from 0.55 to 1.0 mm around LUNA16's typical 0.75 mm; a size's
 # pixels spread by the same factors around its own typical pixel.
@@ -76,12 +88,13 @@ class Acquisition:
     """Ranges a scan's acquisition is drawn from; ``(lo, hi)`` pairs, equal ends for a fixed value.
 
     Spacing, pixel and noise factor, which act as scales, are drawn log-uniformly, the rest
-    uniformly. ``None`` keeps the size's own range (pixel) or distribution (nodule diameters).
+    uniformly. ``None`` keeps the size's own range (slice spacing, pixel) or distribution (nodule
+    diameters).
     """
 
     name: str
     key: int                                   # picks the preset's own random stream
-    spacing_z_mm: tuple[float, float]
+    spacing_z_mm: tuple[float, float] | None   # None: the size's own range
     thickness_factor: tuple[float, float]      # slice thickness / slice spacing, >= 1
     noise_factor: tuple[float, float]          # x today's noise standard deviation
     hu_offset: tuple[float, float]
@@ -90,10 +103,16 @@ class Acquisition:
     vessel_radius_factor: tuple[float, float] = (1.0, 1.0)
     nodule_median_mm: float | None = None
     nodule_log_sd: float = 0.45
+    # The vessel trees' style (:class:`VesselStyle`); None: today's trees, nothing drawn.
+    vessel_length_factor: tuple[float, float] | None = None
+    fork_angle_factor: tuple[float, float] | None = None
+    vessel_edge_factor: tuple[float, float] | None = None
+    tortuosity: tuple[float, float] | None = None
+    texture_factor: tuple[float, float] | None = None
 
     def draw(self, rng: np.random.Generator, spec: SizeSpec) -> ScanAcquisition:
         """One scan's settings; rounded as the chest rounds them, so the CSV shows what was used."""
-        spacing_z = round(_log_uniform(rng, self.spacing_z_mm), 3)
+        spacing_z = round(_log_uniform(rng, self.spacing_z_mm or spec.spacing_z_mm), 3)
         if self.pixel_factor is None:
             pixel = float(rng.uniform(*spec.spacing_xy_mm))
         else:
@@ -107,7 +126,19 @@ class Acquisition:
             hu_offset=round(float(rng.uniform(*self.hu_offset)), 1),
             body_factor=float(rng.uniform(*self.body_factor)),
             vessel_radius_factor=float(rng.uniform(*self.vessel_radius_factor)),
-            nodule_median_mm=self.nodule_median_mm, nodule_log_sd=self.nodule_log_sd)
+            nodule_median_mm=self.nodule_median_mm, nodule_log_sd=self.nodule_log_sd,
+            vessels=self._draw_style(rng))
+
+    def _draw_style(self, rng: np.random.Generator) -> VesselStyle | None:
+        """The scan's vessel style; drawn last, so the settings above stay as they were."""
+        if self.vessel_length_factor is None:
+            return None
+        return VesselStyle(
+            length_factor=round(_log_uniform(rng, self.vessel_length_factor), 3),
+            angle_factor=round(float(rng.uniform(*self.fork_angle_factor)), 3),
+            edge_factor=round(_log_uniform(rng, self.vessel_edge_factor), 3),
+            tortuosity=round(float(rng.uniform(*self.tortuosity)), 3),
+            texture_factor=round(_log_uniform(rng, self.texture_factor), 3))
 
 
 @dataclass(frozen=True)
@@ -125,6 +156,7 @@ class ScanAcquisition:
     vessel_radius_factor: float
     nodule_median_mm: float | None
     nodule_log_sd: float
+    vessels: VesselStyle | None = None
 
     def size_spec(self, spec: SizeSpec) -> SizeSpec:
         """``spec`` narrowed to this scan: the chest then draws exactly these values.
@@ -138,7 +170,8 @@ class ScanAcquisition:
         narrowed = replace(spec, spacing_z_mm=(self.spacing_z_mm,) * 2, spacing_xy_mm=(self.pixel_mm,) * 2,
                            slices=(round(spec.slices[0] * more), round(spec.slices[1] * more)),
                            body_width_mm=body,
-                           vessel_min_radius_mm=spec.vessel_min_radius_mm * self.vessel_radius_factor)
+                           vessel_min_radius_mm=spec.vessel_min_radius_mm * self.vessel_radius_factor,
+                           vessels=self.vessels)
         if self.nodule_median_mm is None:
             return narrowed
         return replace(narrowed, diameter_median_mm=self.nodule_median_mm, diameter_log_sd=self.nodule_log_sd)
@@ -152,8 +185,11 @@ class ScanAcquisition:
 
     def row(self, uid: str) -> list[str]:
         """The cells of its ``acquisition.csv`` row (:data:`ACQUISITION_COLUMNS`)."""
+        style = self.vessels or VesselStyle()
         return [uid, self.name, f"{self.spacing_z_mm:.3f}", f"{self.slice_thickness_mm:.3f}", f"{self.pixel_mm:.4f}",
-                f"{self.noise_factor:.3f}", f"{self.kernel_sigma_px:.3f}", f"{self.hu_offset:.1f}"]
+                f"{self.noise_factor:.3f}", f"{self.kernel_sigma_px:.3f}", f"{self.hu_offset:.1f}",
+                *(f"{v:.3f}" for v in (style.length_factor, style.angle_factor, style.edge_factor, style.tortuosity,
+                                       style.texture_factor))]
 
 
 def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
@@ -168,8 +204,14 @@ VARIED = Acquisition(
 SHIFTED = Acquisition(
     name="shifted", key=2, spacing_z_mm=(2.5, 3.0), thickness_factor=(1.5, 1.5), noise_factor=(2.0, 2.0),
     hu_offset=(-30.0, 30.0))
+# Today's acquisition, the vessel trees and lung texture drawn as no other preset draws them.
+SHIFTED_ANATOMY = Acquisition(
+    name="shifted-anatomy", key=3, spacing_z_mm=None, thickness_factor=(1.0, 1.0), noise_factor=(1.0, 1.0),
+    hu_offset=(0.0, 0.0), vessel_length_factor=(0.45, 0.5), fork_angle_factor=(1.7, 1.8),
+    vessel_edge_factor=(3.0, 3.2), tortuosity=(0.35, 0.4), texture_factor=(2.5, 2.7))
 # "default" has no preset: its scans draw nothing more than they always did.
-PRESETS: dict[str, Acquisition | None] = {"default": None, "varied": VARIED, "shifted": SHIFTED}
+PRESETS: dict[str, Acquisition | None] = {"default": None, "varied": VARIED, "shifted": SHIFTED,
+                                           "shifted-anatomy": SHIFTED_ANATOMY}
 # "mixed" is no preset of its own but default and varied scans in turn: one in MIXED_EVERY is varied.
 MIXED_EVERY = 3
 ACQUISITIONS = (*PRESETS, "mixed")

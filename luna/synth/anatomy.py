@@ -27,6 +27,21 @@ BLUR_SIGMA_VOX = (0.7, 0.6, 0.6)
 
 
 @dataclass(frozen=True)
+class VesselStyle:
+    """How one scan draws its vessel trees and lung texture, relative to today's (all 1 / 0).
+
+    Other tools draw anatomy their own way: longer or shorter segments between forks, wider or
+    narrower fork angles, softer vessel walls, curving vessels, more or less lumpy parenchyma.
+    """
+
+    length_factor: float = 1.0      # x the segment length between forks
+    angle_factor: float = 1.0       # x both children's turn at a fork
+    edge_factor: float = 1.0        # x the width of the vessel wall's partial-volume ramp
+    tortuosity: float = 0.0         # sideways wander of a segment's inner points, x its length
+    texture_factor: float = 1.0     # x the amplitude of the parenchyma's lumps
+
+
+@dataclass(frozen=True)
 class SizeSpec:
     """Ranges a scan of one size is drawn from (mm unless named otherwise)."""
 
@@ -43,6 +58,7 @@ class SizeSpec:
     negatives_per_positive: int
     square: bool = False
     diameter_log_sd: float = 0.45   # spread of nodule diameters around the median (log-normal)
+    vessels: VesselStyle | None = None   # None: today's vessel trees, drawing nothing more
 
 
 class _Chest(_Findings):
@@ -221,6 +237,7 @@ class _Chest(_Findings):
         it is thinner than the scan resolves or would leave the lung.
         """
         rng, s, r_min = self.rng, self.scale, self.spec.vessel_min_radius_mm
+        style = self.spec.vessels or VesselStyle()
         segs, forks = [], []
         for sh in self.lung_shapes:
             guess = np.array([self.carina[0] - 20 * s, sh["cy"], sh["cx"] - sh["side"] * 0.4 * sh["a"]])
@@ -238,7 +255,7 @@ class _Chest(_Findings):
                 stack = [(start, d, rng.uniform(2.0, 3.5), 0)]
                 while stack and len(segs) < 12000:
                     p, d, r, depth = stack.pop()
-                    length = r * rng.uniform(6, 10) + 3 * s
+                    length = (r * rng.uniform(6, 10) + 3 * s) * style.length_factor
                     # A branch heading out of the lung bends back toward the middle before giving up.
                     for bend in (0.0, 0.6, 1.5):
                         d = _unit(d + bend * _unit((mid - p) * [0.3, 1, 1]))
@@ -252,7 +269,8 @@ class _Chest(_Findings):
                     r1 = r_end * rng.uniform(0.8, 0.92)
                     r2 = (r_end ** 3 - r1 ** 3) ** (1 / 3)
                     u, out = _perpendicular(d, rng), _unit(end - hilum)
-                    a1, a2 = np.radians(rng.uniform(10, 30)), np.radians(rng.uniform(30, 60))
+                    a1, a2 = (np.radians(rng.uniform(*turn) * style.angle_factor)
+                              for turn in ((10, 30), (30, 60)))
                     children = [(r1, _unit(np.cos(a1) * d + np.sin(a1) * u + 0.25 * out)),
                                 (r2, _unit(np.cos(a2) * d - np.sin(a2) * u + 0.25 * out))]
                     pushed = [(end, cd, cr, depth + 1) for cr, cd in children if cr >= r_min]
@@ -266,8 +284,9 @@ class _Chest(_Findings):
         a, b, r0, r1, depth = (np.array(v) for v in zip(*segs))
         # Blood is ~40 HU; about one scan in five was taken with contrast and has bright vessels.
         blood = rng.uniform(150, 300) if rng.random() < 0.2 else rng.uniform(20, 60)
-        paint_tubes(self.vol, self.spacing, a, b, r0, r1, float(blood), "max", self.edge)
-        self.vessel_segs = (a, b, r0, r1)
+        pa, pb, pr0, pr1 = self._wander(a, b, r0, r1, style.tortuosity) if style.tortuosity else (a, b, r0, r1)
+        paint_tubes(self.vol, self.spacing, pa, pb, pr0, pr1, float(blood), "max", self.edge * style.edge_factor)
+        self.vessel_segs = (pa, pb, pr0, pr1)
         self.forks = (np.array([f[0] for f in forks]).reshape(-1, 3), np.array([f[1] for f in forks]))
         # Lobar bronchi: air tubes with a wall, running beside the first two vessel generations.
         for p, q, r, _, dep in zip(a, b, r0, r1, depth):
@@ -275,6 +294,22 @@ class _Chest(_Findings):
                 off = _perpendicular(_unit(q - p), rng) * (1.8 * r + 1.5)
                 if _in_mask(self.lung, self.spacing, np.stack([p + off, q + off])).all():
                     self.airways.append((p + off, q + off, 0.7 * r, 0.6 * r))
+
+    def _wander(self, a: np.ndarray, b: np.ndarray, r0: np.ndarray, r1: np.ndarray,
+                tortuosity: float, pieces: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each segment as ``pieces`` shorter ones whose inner joints move sideways by
+        ``tortuosity`` x the segment's length (normal draws): curving vessels with their forks
+        where they were."""
+        t = np.linspace(0, 1, pieces + 1)[None, :, None]
+        pts = a[:, None] + t * (b - a)[:, None]
+        length = np.linalg.norm(b - a, axis=1)[:, None, None]
+        shift = self.rng.normal(0, 1, (len(a), pieces - 1, 3)) * tortuosity * length
+        axis = _unit(b - a)[:, None]
+        shift -= (shift * axis).sum(-1, keepdims=True) * axis      # sideways only
+        pts[:, 1:-1] += shift
+        radii = r0[:, None] + t[..., 0] * (r1 - r0)[:, None]
+        return (pts[:, :-1].reshape(-1, 3), pts[:, 1:].reshape(-1, 3),
+                radii[:, :-1].ravel(), radii[:, 1:].ravel())
 
     def _into_lung(self, point: np.ndarray, toward: np.ndarray) -> np.ndarray | None:
         """First point on the way from ``point`` to ``toward`` (x/y only) that lies in the lung."""
@@ -304,7 +339,8 @@ class _Chest(_Findings):
             box_shape = np.array([s.stop - s.start for s in box])
             coarse_shape = np.maximum(np.ceil(box_shape * self.spacing / 4.0).astype(int), 2)
             coarse = ndimage.gaussian_filter(rng.standard_normal(coarse_shape).astype(np.float32), 1.0)
-            coarse *= rng.uniform(15, 35) / max(float(coarse.std()), 1e-6)
+            texture = self.spec.vessels.texture_factor if self.spec.vessels else 1.0
+            coarse *= rng.uniform(15, 35) * texture / max(float(coarse.std()), 1e-6)
             lumps = ndimage.zoom(coarse, box_shape / coarse_shape, order=1, grid_mode=True, mode="nearest")
             lumps = lumps[: box_shape[0], : box_shape[1], : box_shape[2]]
             np.add(self.vol[box], lumps, out=self.vol[box], where=self.lung[box])

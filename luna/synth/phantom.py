@@ -37,7 +37,8 @@ rescale tags); the voxels, geometry and CSVs are the same in each.
 
 ``acquisition`` "varied" draws each scan's slice spacing and thickness, pixel, kernel and HU
 calibration from wide ranges, "shifted" makes thick-slice, sharp-kernel scans for a held-out
-test, "mixed" makes every third scan a varied one; each writes ``acquisition.csv`` too (see
+test, "shifted-anatomy" one of vessel trees and lungs drawn another way, "mixed" makes every
+third scan a varied one; each writes ``acquisition.csv`` too (see
 :mod:`luna.synth.acquisition`). The default draws nothing more: its files are byte-identical
 to those made before the option existed.
 

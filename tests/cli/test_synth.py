@@ -90,7 +90,7 @@ def test_acquisition_flag_writes_a_table_of_each_scans_settings(tmp_path):
     assert run_app(LunaSynthApp, argv) == 0
     header, *rows = (out / "acquisition.csv").read_text().splitlines()
     assert header == ("seriesuid,acquisition,spacing_z_mm,slice_thickness_mm,pixel_mm,noise_factor,kernel_sigma_px,"
-                      "hu_offset")
+                      "hu_offset,vessel_length_factor,fork_angle_factor,vessel_edge_factor,tortuosity,texture_factor")
     uids = sorted(p.stem for p in out.glob("subset*/*.mhd"))
     assert sorted(row.split(",")[0] for row in rows) == uids and len(uids) == 2
     for row in rows:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from luna.errors import UsageError
 from luna.luna16.geometry import xyz2irc, xyz2irc_float
@@ -232,7 +233,7 @@ def test_bad_arguments_raise_usage_errors(tmp_path):
         make_dataset(tmp_path / "a", size="huge")
     with pytest.raises(UsageError, match="nodules per scan"):
         make_dataset(tmp_path / "a", size="tiny", nodules_per_scan=(3, 1))
-    with pytest.raises(UsageError, match="acquisition 'cheap'; choose one of default, varied, shifted, mixed"):
+    with pytest.raises(UsageError, match="acquisition 'cheap'; choose one of default, varied, shifted, shifted-anatomy, mixed"):
         make_dataset(tmp_path / "a", size="tiny", acquisition="cheap")
     assert list(tmp_path.iterdir()) == []
 
@@ -363,6 +364,7 @@ def test_varied_scans_draw_their_acquisition_from_the_stated_ranges(varied):
         # The file's geometry is the acquisition the CSV names.
         _, _, spacing_xyz, _ = varied["images"][row["seriesuid"]]
         assert spacing_xyz == pytest.approx((row["pixel_mm"], row["pixel_mm"], spacing), abs=1e-6)
+        assert [row[k] for k in ACQUISITION_COLUMNS[-5:]] == [1.0, 1.0, 1.0, 0.0, 1.0]   # today's vessels
     for column in ("spacing_z_mm", "noise_factor", "pixel_mm"):   # spread, not one setting
         values = [r[column] for r in rows]
         assert max(values) / min(values) > 1.3, column
@@ -388,6 +390,7 @@ def test_mixed_scans_are_default_scans_with_every_third_one_varied(varied, tmp_p
             _, _, spacing_xyz, _ = mixed["images"][uid]
             assert (row["spacing_z_mm"], row["pixel_mm"]) == pytest.approx((spacing_xyz[2], spacing_xyz[0]), abs=1e-3)
             assert (row["slice_thickness_mm"], row["noise_factor"], row["hu_offset"]) == (row["spacing_z_mm"], 1.0, 0.0)
+            assert [row[k] for k in ACQUISITION_COLUMNS[-5:]] == [1.0, 1.0, 1.0, 0.0, 1.0]   # today's vessels
         else:
             assert row == acquisition_rows(varied)[i]
 
@@ -454,3 +457,52 @@ def test_same_seed_same_files_in_every_acquisition_and_never_a_shared_uid(tmp_pa
     assert tree_sha1(one.out_dir) == tree_sha1(two.out_dir)
     uids = [generate_scan(4, 0, "tiny", acquisition=mode).uid for mode in ("default", "varied", "shifted")]
     assert uids[1] == one.series_uids[0] and len(set(uids)) == 3   # caches are keyed by uid
+
+
+def test_curving_vessels_keep_their_forks_and_wander_sideways():
+    """A tortuous vessel is drawn as three shorter pieces: it still starts and ends (forks) where
+    the straight one did, and its inner joints move at right angles to it only."""
+    from types import SimpleNamespace
+
+    from luna.synth.anatomy import _Chest
+
+    a = np.array([[0.0, 0.0, 0.0], [10.0, 5.0, 0.0]])
+    b = np.array([[30.0, 0.0, 0.0], [10.0, 5.0, 20.0]])
+    r0, r1 = np.array([3.0, 2.0]), np.array([2.4, 1.0])
+    chest = SimpleNamespace(rng=np.random.default_rng(0))
+    pa, pb, pr0, pr1 = _Chest._wander(chest, a, b, r0, r1, tortuosity=0.3)
+    assert pa.shape == pb.shape == (6, 3) and pr0.shape == pr1.shape == (6,)
+    for k in range(2):
+        piece = slice(3 * k, 3 * k + 3)
+        starts, ends = pa[piece], pb[piece]
+        assert np.allclose(starts[0], a[k]) and np.allclose(ends[-1], b[k])       # forks unchanged
+        assert np.allclose(starts[1:], ends[:-1])                                 # one connected tube
+        axis = (b[k] - a[k]) / np.linalg.norm(b[k] - a[k])
+        along = (ends[:-1] - a[k]) @ axis
+        assert np.allclose(along, np.linalg.norm(b[k] - a[k]) * np.array([1, 2]) / 3)   # sideways only
+        assert np.linalg.norm(ends[:-1] - (a[k] + np.outer(along, axis)), axis=1).min() > 0.1
+        assert np.allclose(pr0[piece][0], r0[k]) and np.allclose(pr1[piece][-1], r1[k])  # radii taper on
+        assert np.allclose(pr0[piece][1:], pr1[piece][:-1])
+
+
+def test_shifted_anatomy_scans_draw_other_vessels_with_todays_acquisition(tmp_path):
+    """The held-out set of other anatomy: its vessel style in the CSV, within the preset's ranges,
+    on a default acquisition; and the vessels it paints are not today's."""
+    data = load_dataset(make_dataset(tmp_path / "a", n_series=2, seed=4, size="tiny", acquisition="shifted-anatomy"))
+    for row in acquisition_rows(data):
+        assert row["acquisition"] == "shifted-anatomy"
+        assert 2.0 <= row["spacing_z_mm"] <= 2.5 and row["slice_thickness_mm"] == row["spacing_z_mm"]  # tiny's own
+        assert (row["noise_factor"], row["kernel_sigma_px"], row["hu_offset"]) == (1.0, 0.6, 0.0)
+        assert 0.45 <= row["vessel_length_factor"] <= 0.5 and 1.7 <= row["fork_angle_factor"] <= 1.8
+        assert 3.0 <= row["vessel_edge_factor"] <= 3.2 and 0.35 <= row["tortuosity"] <= 0.4
+        assert 2.5 <= row["texture_factor"] <= 2.7
+
+    def lung_spread(scan) -> float:
+        """HU spread inside the lungs, averaged over 3 voxels so the scanner noise drops out."""
+        smooth = ndimage.uniform_filter(scan.hu.astype(np.float32), 3)
+        return float(np.std(smooth[ndimage.binary_erosion(scan.lung_mask, iterations=2)]))
+
+    # Bushier trees and lumpier parenchyma: the lungs' own structure varies far more (~1.8x).
+    other = [lung_spread(generate_scan(4, i, "tiny", acquisition="shifted-anatomy")) for i in range(2)]
+    today = [lung_spread(generate_scan(4, i, "tiny")) for i in range(2)]
+    assert min(other) > 1.4 * max(today), (other, today)
