@@ -232,7 +232,7 @@ def detect_scan(models: Models, series_uid: str, path: Path, config: DetectConfi
     # Scored as luna predict scores given candidates: all at one view, the best tta_top again
     # at every view; then near neighbours (a nodule's component and its blob) are lowered.
     scores = score_scan(models.classifier, ct, centers_xyz, models.step_cfg, config.batch_size, models.crop,
-                        config.tta_views, config.tta_top) if len(candidates) else np.zeros(0, dtype=np.float32)
+                        config.tta_views, config.tta_top) if len(candidates) else np.zeros(0)
     suppressed = suppress_neighbours(centers_xyz, scores, config.nms_mm)
     # The findings: the most probable after the views and the suppression. Cutting after the
     # views, not at one view, keeps nodules the single view underrates.

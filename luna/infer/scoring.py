@@ -73,7 +73,7 @@ def score_scan(model: nn.Module, ct: Ct, centers_xyz: Sequence[Sequence[float]],
             views are spent where they can change the ranking (docs/results.md measures it).
 
     Returns:
-        float32 array (len(centers_xyz),) of probabilities in [0, 1], in the order given.
+        float64 array (len(centers_xyz),) of probabilities in [0, 1], in the order given.
 
     Raises:
         DataError: a centre lies outside the scan.
@@ -94,7 +94,7 @@ def score_scan(model: nn.Module, ct: Ct, centers_xyz: Sequence[Sequence[float]],
 def _score_crops(model: nn.Module, cropper: Cropper, centers_xyz: Sequence[Sequence[float]], step_cfg: StepConfig,
                  batch_size: int, views: int) -> np.ndarray:
     """Probabilities of the candidates at ``centers_xyz``, ``batch_size`` crops at a time."""
-    probabilities = np.empty(len(centers_xyz), dtype=np.float32)
+    probabilities = np.empty(len(centers_xyz), dtype=np.float64)
     crops = np.empty((min(batch_size, len(centers_xyz)), *cropper.shape_irc), dtype=np.int16)
     for start in range(0, len(centers_xyz), batch_size):
         chunk = centers_xyz[start:start + batch_size]
@@ -102,9 +102,12 @@ def _score_crops(model: nn.Module, cropper: Cropper, centers_xyz: Sequence[Seque
             crops[row] = cropper.crop_at(center_xyz)[0]
         x = crops_to_batch(crops[:len(chunk)], step_cfg)
         with step_cfg.autocast():
-            _, batch_probabilities = predict_views(model, x, views)
-        # .cpu() waits for the device, so the crop buffer is free to refill afterwards.
-        probabilities[start:start + len(chunk)] = batch_probabilities[:, 1].float().cpu().numpy()
+            logits, _ = predict_views(model, x, views)
+        # The nodule probability from the logit margin in float64: float32's softmax reads every
+        # margin above ~17 as exactly 1, and the surest findings would tie. .cpu() waits for the
+        # device, so the crop buffer is free to refill afterwards.
+        margin = (logits[:, 1] - logits[:, 0]).double().cpu()
+        probabilities[start:start + len(chunk)] = torch.sigmoid(margin).numpy()
     return probabilities
 
 

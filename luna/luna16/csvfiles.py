@@ -254,10 +254,14 @@ def format_mm(value: float) -> str:
 
 def prediction_rows(series_uids: Sequence[str], centers_xyz: Sequence[Sequence[float]],
                     probabilities: Sequence[float]) -> Iterable[list[str]]:
-    """The cells of results-file rows: coordinates exactly (:func:`format_mm`), 6 digits of probability."""
+    """The cells of results-file rows, every number as the shortest text that reads back exactly.
+
+    A probability too: a sure model scores many candidates above 0.9999995, which six digits
+    would all write as 1, and the FROC would then read the order of those ties, not the model's.
+    """
     for uid, (x, y, z), p in zip(series_uids, np.asarray(centers_xyz, dtype=np.float64).tolist(),
                                  np.asarray(probabilities, dtype=np.float64).tolist()):
-        yield [uid, format_mm(x), format_mm(y), format_mm(z), f"{p:.6g}"]
+        yield [uid, format_mm(x), format_mm(y), format_mm(z), repr(p)]
 
 
 def write_predictions(path: str | Path, series_uids: Sequence[str], centers_xyz: np.ndarray,

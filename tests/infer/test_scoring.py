@@ -56,8 +56,30 @@ def test_score_scan_matches_single_crops_for_any_batch_size(data):
     assert ((0.01 < expected) & (expected < 0.99)).all() and expected.std() > 0.01, expected
     for batch_size in (1, 3, 64):
         got = score_scan(model, ct, job.centers_xyz, CPU_FP32, batch_size=batch_size, crop=CROP)
-        assert got.dtype == np.float32 and got.shape == (len(job.centers_xyz),)
+        assert got.dtype == np.float64 and got.shape == (len(job.centers_xyz),)
         np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+class _SureModel(torch.nn.Module):
+    """Calls every crop a nodule by a logit margin of 20 or more, larger the brighter the crop:
+    beyond what float32 probabilities can tell apart from 1."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        margin = 20 + (x.float().mean(dim=(1, 2, 3, 4)) + 1000) / 100
+        logits = torch.stack([torch.zeros_like(margin), margin], dim=1)
+        return logits, torch.softmax(logits, dim=1)
+
+
+def test_sure_scores_keep_their_order(data):
+    """Probabilities near 1 come from the logit margin in float64: the ranking the FROC reads is
+    the model's, not a tie at 1.0."""
+    job = scan_jobs(data)[0]
+    ct = Ct(job.scan_path)
+    got = score_scan(_SureModel(), ct, job.centers_xyz, CPU_FP32, crop=CROP)
+    margins = [20 + (crop_candidate(ct, c, CROP_IRC)[0].astype(np.float64).mean() + 1000) / 100
+               for c in job.centers_xyz]
+    assert (got < 1).all() and len(set(got.tolist())) == len(got)
+    assert np.argsort(got).tolist() == np.argsort(margins).tolist()
 
 
 def test_score_scan_puts_the_model_in_eval_mode(data):

@@ -73,10 +73,13 @@ def test_rows_of_other_scans_are_counted_not_parsed(tmp_path):
 
 def test_predictions_round_trip_exactly(tmp_path):
     centers = np.array([[0.1, -123.456789012345, 1e-7], [5.0, 6.0, 7.0]])
-    path = write_predictions(tmp_path / "p.csv", ["1.2", "1.3"], centers, np.array([0.25, 1.0]))
+    # Probabilities too: two sure findings 1e-9 apart must not both read back as 1.
+    probabilities = np.array([0.25, 1.0, 0.999999998, 0.999999999, 1.5e-12])
+    centers = np.vstack([centers, [[1.0, 2.0, 3.0]] * 3])
+    path = write_predictions(tmp_path / "p.csv", ["1.2", "1.3", "1.4", "1.4", "1.4"], centers, probabilities)
     back = read_predictions(path)
     np.testing.assert_array_equal(back.centers_xyz, centers)
-    np.testing.assert_array_equal(back.probabilities, [0.25, 1.0])
+    np.testing.assert_array_equal(back.probabilities, probabilities)
     assert path.read_text().splitlines()[0] == ",".join(PREDICTION_COLUMNS)
 
 
