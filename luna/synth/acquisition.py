@@ -103,12 +103,9 @@ class Acquisition:
     vessel_radius_factor: tuple[float, float] = (1.0, 1.0)
     nodule_median_mm: float | None = None
     nodule_log_sd: float = 0.45
-    # The vessel trees' style (:class:`VesselStyle`); None: today's trees, nothing drawn.
-    vessel_length_factor: tuple[float, float] | None = None
-    fork_angle_factor: tuple[float, float] | None = None
-    vessel_edge_factor: tuple[float, float] | None = None
-    tortuosity: tuple[float, float] | None = None
-    texture_factor: tuple[float, float] | None = None
+    # The vessel trees' style (:class:`VesselStyle`) as (low, high) ends; None: today's trees,
+    # nothing drawn. The factors are drawn log-uniformly, angle and tortuosity uniformly.
+    vessel_style: tuple[VesselStyle, VesselStyle] | None = None
 
     def draw(self, rng: np.random.Generator, spec: SizeSpec) -> ScanAcquisition:
         """One scan's settings; rounded as the chest rounds them, so the CSV shows what was used."""
@@ -131,14 +128,18 @@ class Acquisition:
 
     def _draw_style(self, rng: np.random.Generator) -> VesselStyle | None:
         """The scan's vessel style; drawn last, so the settings above stay as they were."""
-        if self.vessel_length_factor is None:
+        if self.vessel_style is None:
             return None
-        return VesselStyle(
-            length_factor=round(_log_uniform(rng, self.vessel_length_factor), 3),
-            angle_factor=round(float(rng.uniform(*self.fork_angle_factor)), 3),
-            edge_factor=round(_log_uniform(rng, self.vessel_edge_factor), 3),
-            tortuosity=round(float(rng.uniform(*self.tortuosity)), 3),
-            texture_factor=round(_log_uniform(rng, self.texture_factor), 3))
+        low, high = self.vessel_style
+
+        def draw(field: str, log: bool) -> float:
+            bounds = (getattr(low, field), getattr(high, field))
+            return round(_log_uniform(rng, bounds) if log else float(rng.uniform(*bounds)), 3)
+
+        # In this order: the stream gives each field the draw it always had.
+        return VesselStyle(length_factor=draw("length_factor", True), angle_factor=draw("angle_factor", False),
+                           edge_factor=draw("edge_factor", True), tortuosity=draw("tortuosity", False),
+                           texture_factor=draw("texture_factor", True))
 
 
 @dataclass(frozen=True)
@@ -207,8 +208,9 @@ SHIFTED = Acquisition(
 # Today's acquisition, the vessel trees and lung texture drawn as no other preset draws them.
 SHIFTED_ANATOMY = Acquisition(
     name="shifted-anatomy", key=3, spacing_z_mm=None, thickness_factor=(1.0, 1.0), noise_factor=(1.0, 1.0),
-    hu_offset=(0.0, 0.0), vessel_length_factor=(0.45, 0.5), fork_angle_factor=(1.7, 1.8),
-    vessel_edge_factor=(3.0, 3.2), tortuosity=(0.35, 0.4), texture_factor=(2.5, 2.7))
+    hu_offset=(0.0, 0.0),
+    vessel_style=(VesselStyle(length_factor=0.45, angle_factor=1.7, edge_factor=3.0, tortuosity=0.35, texture_factor=2.5),
+                  VesselStyle(length_factor=0.5, angle_factor=1.8, edge_factor=3.2, tortuosity=0.4, texture_factor=2.7)))
 # "default" has no preset: its scans draw nothing more than they always did.
 PRESETS: dict[str, Acquisition | None] = {"default": None, "varied": VARIED, "shifted": SHIFTED,
                                            "shifted-anatomy": SHIFTED_ANATOMY}

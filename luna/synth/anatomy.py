@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from luna.synth.findings import _Findings
-from luna.synth.paint import _box, _in_mask, _perpendicular, _unit, paint_tubes
+from luna.synth.paint import _box, _in_mask, _perpendicular, _unit, paint_tubes, wander_segments
 
 # The scanner's blur (z, y, x) in voxels, applied to anatomy and noise alike; an acquisition
 # (:mod:`luna.synth.acquisition`) may widen it along z (thick slices) or change it in-plane (kernel).
@@ -66,6 +66,7 @@ class _Chest(_Findings):
 
     def __init__(self, spec: SizeSpec, rng: np.random.Generator):
         self.spec, self.rng = spec, rng
+        self.style = spec.vessels or VesselStyle()   # today's trees unless the acquisition says otherwise
         body_w = rng.uniform(*spec.body_width_mm)
         sxy = round(float(rng.uniform(*spec.spacing_xy_mm)), 4)
         cols = int(np.clip(round(body_w * rng.uniform(1.12, 1.3) / sxy), *spec.cols))
@@ -237,7 +238,7 @@ class _Chest(_Findings):
         it is thinner than the scan resolves or would leave the lung.
         """
         rng, s, r_min = self.rng, self.scale, self.spec.vessel_min_radius_mm
-        style = self.spec.vessels or VesselStyle()
+        style = self.style
         segs, forks = [], []
         for sh in self.lung_shapes:
             guess = np.array([self.carina[0] - 20 * s, sh["cy"], sh["cx"] - sh["side"] * 0.4 * sh["a"]])
@@ -284,7 +285,8 @@ class _Chest(_Findings):
         a, b, r0, r1, depth = (np.array(v) for v in zip(*segs))
         # Blood is ~40 HU; about one scan in five was taken with contrast and has bright vessels.
         blood = rng.uniform(150, 300) if rng.random() < 0.2 else rng.uniform(20, 60)
-        pa, pb, pr0, pr1 = self._wander(a, b, r0, r1, style.tortuosity) if style.tortuosity else (a, b, r0, r1)
+        pa, pb, pr0, pr1 = (wander_segments(a, b, r0, r1, style.tortuosity, rng) if style.tortuosity
+                            else (a, b, r0, r1))
         paint_tubes(self.vol, self.spacing, pa, pb, pr0, pr1, float(blood), "max", self.edge * style.edge_factor)
         self.vessel_segs = (pa, pb, pr0, pr1)
         self.forks = (np.array([f[0] for f in forks]).reshape(-1, 3), np.array([f[1] for f in forks]))
@@ -294,22 +296,6 @@ class _Chest(_Findings):
                 off = _perpendicular(_unit(q - p), rng) * (1.8 * r + 1.5)
                 if _in_mask(self.lung, self.spacing, np.stack([p + off, q + off])).all():
                     self.airways.append((p + off, q + off, 0.7 * r, 0.6 * r))
-
-    def _wander(self, a: np.ndarray, b: np.ndarray, r0: np.ndarray, r1: np.ndarray,
-                tortuosity: float, pieces: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Each segment as ``pieces`` shorter ones whose inner joints move sideways by
-        ``tortuosity`` x the segment's length (normal draws): curving vessels with their forks
-        where they were."""
-        t = np.linspace(0, 1, pieces + 1)[None, :, None]
-        pts = a[:, None] + t * (b - a)[:, None]
-        length = np.linalg.norm(b - a, axis=1)[:, None, None]
-        shift = self.rng.normal(0, 1, (len(a), pieces - 1, 3)) * tortuosity * length
-        axis = _unit(b - a)[:, None]
-        shift -= (shift * axis).sum(-1, keepdims=True) * axis      # sideways only
-        pts[:, 1:-1] += shift
-        radii = r0[:, None] + t[..., 0] * (r1 - r0)[:, None]
-        return (pts[:, :-1].reshape(-1, 3), pts[:, 1:].reshape(-1, 3),
-                radii[:, :-1].ravel(), radii[:, 1:].ravel())
 
     def _into_lung(self, point: np.ndarray, toward: np.ndarray) -> np.ndarray | None:
         """First point on the way from ``point`` to ``toward`` (x/y only) that lies in the lung."""
@@ -339,8 +325,7 @@ class _Chest(_Findings):
             box_shape = np.array([s.stop - s.start for s in box])
             coarse_shape = np.maximum(np.ceil(box_shape * self.spacing / 4.0).astype(int), 2)
             coarse = ndimage.gaussian_filter(rng.standard_normal(coarse_shape).astype(np.float32), 1.0)
-            texture = self.spec.vessels.texture_factor if self.spec.vessels else 1.0
-            coarse *= rng.uniform(15, 35) * texture / max(float(coarse.std()), 1e-6)
+            coarse *= rng.uniform(15, 35) * self.style.texture_factor / max(float(coarse.std()), 1e-6)
             lumps = ndimage.zoom(coarse, box_shape / coarse_shape, order=1, grid_mode=True, mode="nearest")
             lumps = lumps[: box_shape[0], : box_shape[1], : box_shape[2]]
             np.add(self.vol[box], lumps, out=self.vol[box], where=self.lung[box])

@@ -63,6 +63,22 @@ def paint_tubes(vol: np.ndarray, spacing: np.ndarray, starts: np.ndarray, ends: 
         _blend(vol[box], soft, value, mode)
 
 
+def wander_segments(a: np.ndarray, b: np.ndarray, r_start: np.ndarray, r_end: np.ndarray, tortuosity: float,
+                    rng: np.random.Generator, pieces: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Tapered segments (as :func:`paint_tubes` takes them) made to curve: each becomes ``pieces``
+    shorter ones whose inner joints move sideways by ``tortuosity`` x its length (normal draws).
+    The ends stay put, so a tree's forks are where they were; radii taper on as before."""
+    t = np.linspace(0, 1, pieces + 1)[None, :, None]
+    pts = a[:, None] + t * (b - a)[:, None]
+    length = np.linalg.norm(b - a, axis=1)[:, None, None]
+    shift = rng.normal(0, 1, (len(a), pieces - 1, 3)) * tortuosity * length
+    axis = _unit(b - a)[:, None]
+    shift -= (shift * axis).sum(-1, keepdims=True) * axis      # sideways only
+    pts[:, 1:-1] += shift
+    radii = r_start[:, None] + t[..., 0] * (r_end - r_start)[:, None]
+    return pts[:, :-1].reshape(-1, 3), pts[:, 1:].reshape(-1, 3), radii[:, :-1].ravel(), radii[:, 1:].ravel()
+
+
 def paint_blob(vol: np.ndarray, spacing: np.ndarray, center: np.ndarray, transform: np.ndarray,
                lobes: list[tuple[np.ndarray, float]], radius: float, value: float, mode: str,
                edge_mm: float) -> None:

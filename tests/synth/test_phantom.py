@@ -462,15 +462,12 @@ def test_same_seed_same_files_in_every_acquisition_and_never_a_shared_uid(tmp_pa
 def test_curving_vessels_keep_their_forks_and_wander_sideways():
     """A tortuous vessel is drawn as three shorter pieces: it still starts and ends (forks) where
     the straight one did, and its inner joints move at right angles to it only."""
-    from types import SimpleNamespace
-
-    from luna.synth.anatomy import _Chest
+    from luna.synth.paint import wander_segments
 
     a = np.array([[0.0, 0.0, 0.0], [10.0, 5.0, 0.0]])
     b = np.array([[30.0, 0.0, 0.0], [10.0, 5.0, 20.0]])
     r0, r1 = np.array([3.0, 2.0]), np.array([2.4, 1.0])
-    chest = SimpleNamespace(rng=np.random.default_rng(0))
-    pa, pb, pr0, pr1 = _Chest._wander(chest, a, b, r0, r1, tortuosity=0.3)
+    pa, pb, pr0, pr1 = wander_segments(a, b, r0, r1, tortuosity=0.3, rng=np.random.default_rng(0))
     assert pa.shape == pb.shape == (6, 3) and pr0.shape == pr1.shape == (6,)
     for k in range(2):
         piece = slice(3 * k, 3 * k + 3)
