@@ -19,6 +19,7 @@ from torch import nn
 
 from luna.data.crops import Cropper, CropConfig
 from luna.io.ct import Ct
+from luna.models.classifier import nodule_probability
 from luna.models.views import predict_views
 from luna.runtime.device import StepConfig
 
@@ -103,11 +104,8 @@ def _score_crops(model: nn.Module, cropper: Cropper, centers_xyz: Sequence[Seque
         x = crops_to_batch(crops[:len(chunk)], step_cfg)
         with step_cfg.autocast():
             logits, _ = predict_views(model, x, views)
-        # The nodule probability from the logit margin in float64: float32's softmax reads every
-        # margin above ~17 as exactly 1, and the surest findings would tie. .cpu() waits for the
-        # device, so the crop buffer is free to refill afterwards.
-        margin = (logits[:, 1] - logits[:, 0]).double().cpu()
-        probabilities[start:start + len(chunk)] = torch.sigmoid(margin).numpy()
+        # The copy to the CPU waits for the device, so the crop buffer is free to refill afterwards.
+        probabilities[start:start + len(chunk)] = nodule_probability(logits).numpy()
     return probabilities
 
 

@@ -141,6 +141,17 @@ class LunaModel(nn.Module):
             return logits, self.head_softmax(logits)
 
 
+
+def nodule_probability(logits: torch.Tensor) -> torch.Tensor:
+    """(N, 2) logits -> (N,) nodule probabilities, float64 on the CPU.
+
+    Computed from the logit margin in float64, not taken from the model's float32 softmax: that
+    reads every margin above ~17 as exactly 1, so the surest candidates would tie and the top of
+    the ranking that the FROC reads would no longer be the model's.
+    """
+    logits = logits.detach().cpu().double()
+    return torch.sigmoid(logits[:, 1] - logits[:, 0])
+
 class LunaBnModel(LunaModel):
     """LunaModel with a BatchNorm3d after each convolution of blocks 2-4 (luna's default).
 

@@ -1,9 +1,11 @@
 """One epoch of training and one of evaluation, as plain functions (torchvision style).
 
 Both loops record, for every sample, its label, predicted nodule probability and loss in a
-(3, N) tensor that stays on the device during the epoch and moves to the CPU once at the end
-(as the reference does), together with each sample's candidate index so that metrics can be gathered
-across processes and matched back to candidates (for FROC).
+(3, N) float64 tensor, together with each sample's candidate index so that metrics can be gathered
+across processes and matched back to candidates (for FROC). What the records are made of stays on
+the device during the epoch and moves to the CPU once at the end (as the reference does); the
+probabilities are then computed from the logits in float64, as ``luna predict`` computes them, so
+that validation ranks the surest candidates as the model does instead of tying them at 1.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from luna.errors import LunaError
+from luna.models.classifier import nodule_probability
 from luna.eval.metrics import classifier_metrics
 from luna.progress import enumerate_with_estimate
 from luna.runtime.device import StepConfig
@@ -34,14 +37,36 @@ class TrainingDiverged(LunaError):
 
 def _forward(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg: StepConfig):
     with cfg.autocast():
-        logits, probabilities = model(x)
+        logits, _ = model(x)
     # The loss in float32 whatever the autocast dtype: per-sample values are logged.
-    loss = F.cross_entropy(logits.float(), labels, reduction="none")
-    return loss, probabilities[:, 1].float()
+    logits = logits.float()
+    return F.cross_entropy(logits, labels, reduction="none"), logits
 
 
-def _record(labels: torch.Tensor, probs: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-    return torch.stack([labels.float(), probs.detach(), loss.detach()])
+class _Records:
+    """One epoch's per-sample records, kept on the device until :meth:`finish`."""
+
+    def __init__(self) -> None:
+        self.labels_loss: list[torch.Tensor] = []
+        self.logits: list[torch.Tensor] = []
+        self.indices: list[torch.Tensor] = []
+
+    def add(self, labels: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor, cand_ndx: torch.Tensor) -> None:
+        self.labels_loss.append(torch.stack([labels.float(), loss.detach()]))
+        self.logits.append(logits.detach())
+        self.indices.append(cand_ndx)
+
+    def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(metrics (3, n) float64 on the CPU, candidate indices (n,))``."""
+        if not self.indices:
+            return torch.zeros(METRICS_SIZE, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.int64)
+        # One device -> host copy of each kind per epoch, not one per batch.
+        labels_loss = torch.cat(self.labels_loss, dim=1).cpu().double()
+        metrics_t = torch.empty(METRICS_SIZE, labels_loss.shape[1], dtype=torch.float64)
+        metrics_t[METRICS_LABEL_NDX] = labels_loss[0]
+        metrics_t[METRICS_PRED_NDX] = nodule_probability(torch.cat(self.logits))
+        metrics_t[METRICS_LOSS_NDX] = labels_loss[1]
+        return metrics_t, torch.cat(self.indices).to(torch.int64)
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
@@ -61,13 +86,13 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
         generator: random source of the augmentation.
 
     Returns:
-        ``(metrics (3, n) on the CPU, candidate indices (n,))`` for this process's samples.
+        ``(metrics (3, n) float64 on the CPU, candidate indices (n,))`` for this process's samples.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite (naming epoch and batch).
     """
     model.train()
-    records, indices = [], []
+    records = _Records()
     batches = enumerate_with_estimate(loader, f"E{epoch} Training", start_ndx=getattr(loader, "num_workers", 0),
                                       total=len(loader))
     for batch_ndx, (crops, labels_onehot, _uids, _centers, cand_ndx) in batches:
@@ -75,7 +100,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
         labels = labels_onehot[:, 1].to(cfg.device, non_blocking=True)
         if augment is not None:
             x = augment_batch(x, augment, generator)
-        loss, probs = _forward(model, x, labels, cfg)
+        loss, logits = _forward(model, x, labels, cfg)
         mean_loss = loss.mean()
         if not torch.isfinite(mean_loss):
             raise TrainingDiverged(f"loss became {mean_loss.item()} at epoch {epoch}, batch {batch_ndx + 1} "
@@ -90,9 +115,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        records.append(_record(labels, probs, loss))
-        indices.append(cand_ndx)
-    return _finish(records, indices)
+        records.add(labels, logits, loss, cand_ndx)
+    return records.finish()
 
 
 @torch.no_grad()
@@ -100,25 +124,17 @@ def evaluate(model: nn.Module, loader, cfg: StepConfig, epoch: int) -> tuple[tor
     """Score every sample of ``loader`` without gradients, augmentation or weight updates.
 
     Returns:
-        ``(metrics (3, n) on the CPU, candidate indices (n,))``.
+        ``(metrics (3, n) float64 on the CPU, candidate indices (n,))``.
     """
     model.eval()
-    records, indices = [], []
+    records = _Records()
     batches = enumerate_with_estimate(loader, f"E{epoch} Validation", start_ndx=getattr(loader, "num_workers", 0),
                                       total=len(loader))
     for _, (crops, labels_onehot, _uids, _centers, cand_ndx) in batches:
         labels = labels_onehot[:, 1].to(cfg.device, non_blocking=True)
-        loss, probs = _forward(model, cfg.to_device(crops), labels, cfg)
-        records.append(_record(labels, probs, loss))
-        indices.append(cand_ndx)
-    return _finish(records, indices)
-
-
-def _finish(records: list[torch.Tensor], indices: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    if not records:
-        return torch.zeros(METRICS_SIZE, 0), torch.zeros(0, dtype=torch.int64)
-    # One device -> host copy per epoch, not one per batch.
-    return torch.cat(records, dim=1).cpu(), torch.cat(indices).to(torch.int64)
+        loss, logits = _forward(model, cfg.to_device(crops), labels, cfg)
+        records.add(labels, logits, loss, cand_ndx)
+    return records.finish()
 
 
 def epoch_metrics(metrics_t: torch.Tensor, threshold: float = 0.5) -> dict[str, float]:
