@@ -10,8 +10,8 @@ sets, anat, and the 95% intervals.
     .venv/bin/python tools/heldout.py runs/luna/<run> [--sets full h8 ...] [--data-root data]
         [--out-dir runs/luna/<run>/heldout]
 
-Making all eight sets takes a few minutes and about 6 GB; scoring a run on them about ten
-minutes on 2 cores. Every step is a `luna` command (or tools/shift_scans.py), run as its own
+Making all eight sets took 7 minutes and 5 GB here, scoring the demo's run on them 15 minutes
+(2 cores shared with other work; it printed the demo's row of docs/results.md to the digit). Every step is a `luna` command (or tools/shift_scans.py), run as its own
 process: what they write, they write atomically, and the first one to fail stops the script
 with its own one-line error.
 """
