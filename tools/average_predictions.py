@@ -21,8 +21,10 @@ from luna.errors import LunaError  # noqa: E402
 from luna.luna16.csvfiles import read_predictions, write_predictions  # noqa: E402
 from luna.eval.suppression import NMS_RADIUS_MM, suppress_neighbours  # noqa: E402
 
-# Probabilities are written with 6 significant digits: 1.0 must not become an infinite logit.
-EPS = 1e-6
+# luna writes probabilities in full (float64, from the logit margin), so only a margin above ~37
+# reads as exactly 1.0, which must not become an infinite logit. A wider clip would tie the
+# surest candidates again.
+EPS = 1e-15
 
 
 def main() -> int:

@@ -141,7 +141,6 @@ class LunaModel(nn.Module):
             return logits, self.head_softmax(logits)
 
 
-
 def nodule_probability(logits: torch.Tensor) -> torch.Tensor:
     """(N, 2) logits -> (N,) nodule probabilities, float64 on the CPU.
 
@@ -151,6 +150,7 @@ def nodule_probability(logits: torch.Tensor) -> torch.Tensor:
     """
     logits = logits.detach().cpu().double()
     return torch.sigmoid(logits[:, 1] - logits[:, 0])
+
 
 class LunaBnModel(LunaModel):
     """LunaModel with a BatchNorm3d after each convolution of blocks 2-4 (luna's default).

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from luna.errors import LunaError
-from luna.models.classifier import nodule_probability
 from luna.eval.metrics import classifier_metrics
+from luna.models.classifier import nodule_probability
 from luna.progress import enumerate_with_estimate
 from luna.runtime.device import StepConfig
 from luna.train.augment import AugmentConfig, augment_batch
@@ -61,11 +61,8 @@ class _Records:
         if not self.indices:
             return torch.zeros(METRICS_SIZE, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.int64)
         # One device -> host copy of each kind per epoch, not one per batch.
-        labels_loss = torch.cat(self.labels_loss, dim=1).cpu().double()
-        metrics_t = torch.empty(METRICS_SIZE, labels_loss.shape[1], dtype=torch.float64)
-        metrics_t[METRICS_LABEL_NDX] = labels_loss[0]
-        metrics_t[METRICS_PRED_NDX] = nodule_probability(torch.cat(self.logits))
-        metrics_t[METRICS_LOSS_NDX] = labels_loss[1]
+        labels, loss = torch.cat(self.labels_loss, dim=1).cpu().double()
+        metrics_t = torch.stack([labels, nodule_probability(torch.cat(self.logits)), loss])  # METRICS_*_NDX order
         return metrics_t, torch.cat(self.indices).to(torch.int64)
 
 
