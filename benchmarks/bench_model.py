@@ -5,13 +5,16 @@ more, see bench_cache.py), so its speed decides how many samples fit in a time b
 side in one run, on the same random HU batches, batch 32, one 32x48x48 crop per sample:
 
 - the reference: LunaModel in float32, default memory format;
-- LunaModel with the speed settings luna picks on a CPU (bf16 autocast, channels_last_3d);
+- LunaModel with the speed settings luna picks on this CPU (channels_last_3d, and bf16 autocast
+  where oneDNN has bf16 kernels, i.e. AVX-512 or newer; fp32 on AVX2-only CPUs);
 - luna_bn with a BatchNorm after every convolution (``batch_norm_from=1``);
 - luna_bn as shipped (BatchNorm from block 2 on; block 1 keeps the reference's convolutions);
 - luna_centre, the previous default (luna_bn plus a branch of 16/32/64 channels on the crop's
   central 16x24x24);
 - luna_twoscale, the default (luna_centre's branch, and a trunk of 16/32/64 channels on the whole
-  crop averaged to 16x24x24).
+  crop averaged to 16x24x24);
+- luna_twoscale in the precision luna does *not* pick here (fp32 where it picks bf16, and the
+  other way round), timed on fewer batches: the ratio that justifies the pick on this CPU.
 
 A training step is forward, float32 cross-entropy, backward and an AdamW step; inference is a
 forward pass under ``no_grad`` in eval mode. Also timed: the default augmentation of one batch
@@ -38,9 +41,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from bench_report import Report, load_average  # noqa: E402
 from luna.train.augment import AugmentConfig, augment_batch, build_theta, draw_params, sampling_grid  # noqa: E402
-from luna.runtime.device import StepConfig  # noqa: E402
 from luna.models.registry import build_model, count_parameters  # noqa: E402
-from luna.runtime.device import prepare_model  # noqa: E402
+from luna.runtime.device import StepConfig, prepare_model, resolve_performance  # noqa: E402
 
 BATCH_SIZE = 32
 
@@ -51,15 +53,20 @@ class Case:
     model_config: dict
     precision: str
     channels_last: bool
+    step_share: float = 1.0  # of --steps timed per round (a slow case need not take minutes)
 
 
+# What `--precision auto` picks on this CPU, and the other one.
+AUTO = resolve_performance("auto", "auto", torch.device("cpu")).precision
+OTHER = "fp32" if AUTO == "bf16" else "bf16"
 CASES = [
     Case("luna, fp32, default memory (reference)", {"name": "luna"}, "fp32", False),
-    Case("luna, bf16 + channels-last", {"name": "luna"}, "bf16", True),
-    Case("luna_bn, norm in every block", {"name": "luna_bn", "batch_norm_from": 1}, "bf16", True),
-    Case("luna_bn, norm from block 2", {"name": "luna_bn"}, "bf16", True),
-    Case("luna_centre", {"name": "luna_centre"}, "bf16", True),
-    Case("luna_twoscale (default)", {"name": "luna_twoscale"}, "bf16", True),
+    Case(f"luna, {AUTO} + channels-last", {"name": "luna"}, AUTO, True),
+    Case("luna_bn, norm in every block", {"name": "luna_bn", "batch_norm_from": 1}, AUTO, True),
+    Case("luna_bn, norm from block 2", {"name": "luna_bn"}, AUTO, True),
+    Case("luna_centre", {"name": "luna_centre"}, AUTO, True),
+    Case(f"luna_twoscale (default), {AUTO}", {"name": "luna_twoscale"}, AUTO, True),
+    Case(f"luna_twoscale, {OTHER} (not picked)", {"name": "luna_twoscale"}, OTHER, True, step_share=0.25),
 ]
 
 
@@ -132,18 +139,19 @@ def main(argv: list[str] | None = None) -> None:
         runner.train_steps(1)
         runner.eval_steps(1)
 
+    case_steps = [max(1, round(steps * case.step_share)) for case in CASES]
     best_train = [float("inf")] * len(CASES)
     best_eval = [float("inf")] * len(CASES)
     for _ in range(rounds):
         for k, runner in enumerate(runners):
-            best_train[k] = min(best_train[k], runner.train_steps(steps))
-            best_eval[k] = min(best_eval[k], runner.eval_steps(steps))
+            best_train[k] = min(best_train[k], runner.train_steps(case_steps[k]))
+            best_eval[k] = min(best_eval[k], runner.eval_steps(case_steps[k]))
 
-    samples = steps * BATCH_SIZE
-    train_rate = [samples / s for s in best_train]
-    eval_rate = [samples / s for s in best_eval]
-    report.say(f"\nbatch {BATCH_SIZE}, best of {rounds} rounds x {steps} batches per case; "
-               f"load average at end: {load_average()}")
+    train_rate = [n * BATCH_SIZE / s for n, s in zip(case_steps, best_train)]
+    eval_rate = [n * BATCH_SIZE / s for n, s in zip(case_steps, best_eval)]
+    report.say(f"\nbatch {BATCH_SIZE}, best of {rounds} rounds x {steps} batches per case "
+               f"({case_steps[-1]} for the last); CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+               f"--precision auto picks {AUTO}; load average at end: {load_average()}")
     report.say(f"{'case':<40} {'params':>8} {'train/s':>8} {'x ref':>6} {'infer/s':>8} {'x ref':>6}")
     for case, runner, train, infer in zip(CASES, runners, train_rate, eval_rate):
         report.say(f"{case.label:<40} {runner.parameters:>8,} {train:>8.1f} {train / train_rate[0]:>6.2f} "
@@ -155,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
                f"{eval_rate[3] / eval_rate[5]:.2f}x")
     report.say(f"the default against the previous one (luna_twoscale / luna_centre): training "
                f"{train_rate[5] / train_rate[4]:.2f}x, inference {eval_rate[5] / eval_rate[4]:.2f}x")
+    report.say(f"luna_twoscale in {AUTO} (picked) against {OTHER}: training {train_rate[5] / train_rate[6]:.2f}x, "
+               f"inference {eval_rate[5] / eval_rate[6]:.2f}x")
 
     # Augmentation, as training applies it: on the float32 channels-last batch, default strengths.
     x = runners[3].batch

@@ -1,7 +1,8 @@
 """Where and how the network runs: the device, the autocast precision, the memory format.
 
 The ``auto`` choices are the fast ones that were measured (``benchmarks/``): bf16 autocast and
-channels-last on the CPU (oneDNN), bf16 (or fp16 with a GradScaler) on a GPU.
+channels-last on a CPU whose oneDNN has bf16 kernels (AVX-512 or newer), fp32 and channels-last
+on other CPUs, bf16 (or fp16 with a GradScaler) on a GPU.
 """
 from __future__ import annotations
 
@@ -61,6 +62,18 @@ def resolve_device(device_arg: str, local_rank: int = 0, world_size: int = 1) ->
     return torch.device("cuda", gpu)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True when oneDNN runs bf16 convolutions natively on this CPU (AVX-512 or newer).
+
+    Elsewhere (AVX2-only CPUs: many laptops, older servers) bf16 autocast falls back to reference
+    kernels: a luna_twoscale training step measured ~20x slower than fp32 on one AVX2 core.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN: no fast bf16 either
+        return False
+
+
 @dataclass
 class Performance:
     """The speed settings chosen for a device (see :func:`resolve_performance`)."""
@@ -87,11 +100,15 @@ def resolve_performance(precision: str, channels_last: str, device: torch.device
         if device.type == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         elif device.type == "cpu":
-            precision = "bf16"  # oneDNN bf16 convolutions: ~3.5x fp32 on AVX-512 CPUs (see benchmarks/)
+            # oneDNN bf16 convolutions: ~3.5x fp32 on AVX-512 CPUs (see benchmarks/), ~20x slower without.
+            precision = "bf16" if cpu_has_fast_bf16() else "fp32"
         else:
             precision = "fp32"
     if precision == "fp16" and device.type == "cpu":
         raise UsageError("--precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        log.warning("--precision bf16 on a CPU without native bf16 kernels (no AVX-512): expect it to be many "
+                    "times slower than fp32; --precision auto picks fp32 here")
     return Performance(precision, channels_last != "off" and device.type in ("cpu", "cuda"), compile)
 
 
