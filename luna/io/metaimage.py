@@ -1,12 +1,14 @@
 """MetaImage (``.mhd`` + ``.raw``) headers, checked by hand before SimpleITK reads the scan.
 
-SimpleITK's own errors for a missing or truncated ``.raw`` are long and name the wrong thing;
-these checks name the file and the field instead. The data may also follow the header in the
+SimpleITK's own errors for a missing or truncated ``.raw`` are long and name the wrong thing,
+and a damaged compressed stream (``.zraw``) it reads as garbage without any error; these checks
+name the file and the field instead. The data may also follow the header in the
 same file (``ElementDataFile = LOCAL``, what ``.mha`` files and some tools' ``.mhd`` files hold),
 so only the lines up to ``ElementDataFile`` are taken as text.
 """
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -93,21 +95,67 @@ def read_mhd_header(mhd_path: Path) -> dict[str, str]:
     element_type = header["ElementType"]
     if element_type not in _ELEMENT_BYTES:
         raise DataError(f"{mhd_path}: unsupported ElementType {element_type!r}")
-    if header.get("CompressedData", "False").lower() == "true":
-        return header  # compressed sizes say nothing; SimpleITK reports a short stream
     expected = int(np.prod(dims)) * _ELEMENT_BYTES[element_type]
     shape = f"{'x'.join(map(str, dims))} {element_type}"
     if header["ElementDataFile"] == "LOCAL":
-        actual = mhd_path.stat().st_size - len(head)
-        if actual < expected:
+        data_path, start = mhd_path, len(head)
+    else:
+        data_path, start = _named_data_file(mhd_path, header), 0
+        if data_path is not None and not data_path.is_file():
+            raise DataError(f"{mhd_path}: its data file {data_path.name} is missing")
+    if data_path is None:
+        return header  # voxels spread over several files (LIST, a % pattern): not checked
+    if header.get("CompressedData", "False").lower() == "true":
+        _check_compressed(data_path, start, header, expected, shape)
+        return header
+    actual = data_path.stat().st_size - start
+    if actual < expected:
+        if data_path == mhd_path:
             raise DataError(f"{mhd_path}: truncated, {max(actual, 0)} bytes of voxels after the header but it "
                             f"needs {expected} ({shape})")
-        return header
-    raw_path = _named_data_file(mhd_path, header)
-    if raw_path is not None:
-        if not raw_path.is_file():
-            raise DataError(f"{mhd_path}: its data file {raw_path.name} is missing")
-        actual = raw_path.stat().st_size
-        if actual < expected:
-            raise DataError(f"{raw_path}: truncated, {actual} bytes but the header needs {expected} ({shape})")
+        raise DataError(f"{data_path}: truncated, {actual} bytes but the header needs {expected} ({shape})")
     return header
+
+
+# Compressed voxels are inflated in pieces of this many bytes, so checking them takes little memory.
+_INFLATE_CHUNK = 1 << 20
+# What MetaIO's inflateInit2(47) accepts: a zlib or a gzip stream.
+_ZLIB_OR_GZIP = zlib.MAX_WBITS | 32
+
+
+def _check_compressed(data_path: Path, start: int, header: dict[str, str], expected: int, shape: str) -> None:
+    """Check that compressed voxels (``CompressedData = True``) inflate to the whole volume.
+
+    SimpleITK does not fail on a damaged stream: it prints "Uncompress failed" and returns a
+    volume of garbage, and without a ``CompressedDataSize`` line it takes a truncated file for
+    a whole one. So the stream is inflated here, once, and its output counted (not kept): about
+    as long as SimpleITK's own read of it, and nothing else tells a broken ``.zraw``.
+
+    Raises:
+        DataError: naming the file, for a stream that is corrupt, ends early or inflates to
+            fewer bytes than the header's DimSize and ElementType need.
+    """
+    size_text = header.get("CompressedDataSize", "")
+    limit = int(size_text) if size_text.isdigit() and int(size_text) > 0 else None
+    inflater = zlib.decompressobj(_ZLIB_OR_GZIP)
+    inflated = read = 0
+    try:
+        with open(data_path, "rb") as handle:
+            handle.seek(start)
+            while not inflater.eof and (limit is None or read < limit):
+                chunk = handle.read(_INFLATE_CHUNK if limit is None else min(_INFLATE_CHUNK, limit - read))
+                if not chunk:
+                    break
+                read += len(chunk)
+                while chunk and not inflater.eof:
+                    inflated += len(inflater.decompress(chunk, _INFLATE_CHUNK))
+                    chunk = inflater.unconsumed_tail
+    except zlib.error as exc:
+        raise DataError(f"{data_path}: compressed voxels are corrupt ({exc}); the header needs {expected} bytes "
+                        f"({shape})") from None
+    if not inflater.eof:
+        raise DataError(f"{data_path}: compressed voxels end early, the {read} bytes there inflate to {inflated} "
+                        f"of the {expected} the header needs ({shape}); is the file cut short?")
+    if inflated < expected:
+        raise DataError(f"{data_path}: compressed voxels decompress to {inflated} bytes but the header needs "
+                        f"{expected} ({shape})")

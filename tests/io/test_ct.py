@@ -1,4 +1,6 @@
 """Tests for luna.io.ct: reading a scan in LPS order, its geometry, and the MetaImage header checks."""
+import zlib
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -185,3 +187,46 @@ def test_a_short_mha_is_named_before_simpleitk_reads_it(scan, tmp_path):
     mha.write_bytes(mha.read_bytes()[:-100])
     with pytest.raises(DataError, match=r"8.9.mha: truncated, 47900 bytes of voxels after the header"):
         Ct(mha)
+
+
+def compressed(path, name="5.6", sized=True):
+    """The scan at ``path`` rewritten by SimpleITK with ``CompressedData = True`` (a ``.zraw``);
+    ``sized=False`` drops the ``CompressedDataSize`` line, as other tools' headers lack it."""
+    zipped = path.with_name(f"{name}.mhd")
+    sitk.WriteImage(sitk.ReadImage(str(path)), str(zipped), useCompression=True)
+    if not sized:
+        zipped.write_text("".join(line for line in zipped.read_text().splitlines(keepends=True)
+                                  if not line.startswith("CompressedDataSize")))
+    return zipped, zipped.with_suffix(".zraw")
+
+
+@pytest.mark.parametrize("sized", [True, False])
+def test_compressed_voxels_read_as_from_a_raw_file(scan, sized):
+    path, _ = scan
+    zipped, _ = compressed(path, sized=sized)
+    np.testing.assert_array_equal(Ct(zipped).hu_a, Ct(path).hu_a)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda data: data[:len(data) // 2], "compressed voxels end early"),
+    (lambda data: data[:2] + bytes(len(data) - 2), "compressed voxels are corrupt"),
+    (lambda data: zlib.compress(b"\0" * 100), "compressed voxels decompress to 100 bytes but the header needs 48000"),
+])
+@pytest.mark.parametrize("sized", [True, False])
+def test_a_damaged_zraw_is_named_not_read_as_garbage(scan, damage, message, sized):
+    # SimpleITK only prints "Uncompress failed" and hands back a volume of garbage, or without a
+    # CompressedDataSize line reads a short stream as a whole one.
+    path, _ = scan
+    zipped, zraw = compressed(path, sized=sized)
+    zraw.write_bytes(damage(zraw.read_bytes()))
+    with pytest.raises(DataError, match=f"5.6.zraw: {message}"):
+        Ct(zipped)
+
+
+def test_damaged_compressed_voxels_inline_after_the_header_are_named(scan):
+    path, _ = scan
+    zipped, zraw = compressed(path)
+    header = zipped.read_text().replace(f"ElementDataFile = {zraw.name}", "ElementDataFile = LOCAL")
+    zipped.write_bytes(header.encode() + zraw.read_bytes()[:-50])
+    with pytest.raises(DataError, match="5.6.mhd: compressed voxels end early"):
+        Ct(zipped)
