@@ -8,6 +8,8 @@ so only the lines up to ``ElementDataFile`` are taken as text.
 """
 from __future__ import annotations
 
+import logging
+import math
 import zlib
 from pathlib import Path
 
@@ -15,9 +17,20 @@ import numpy as np
 
 from luna.errors import DataError
 
+log = logging.getLogger(__name__)
+
 # Bytes per voxel of the MetaImage element types a CT can sensibly use.
 _ELEMENT_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
                   "MET_UINT": 4, "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_LONG": 8, "MET_ULONG": 8}
+
+
+# The keys MetaIO takes a scan's geometry from, each with the names it also reads, and how many
+# numbers each holds in 3-D.
+_ORIGIN_KEYS = ("Offset", "Origin", "Position")
+_SPACING_KEYS = ("ElementSpacing", "ElementSize")
+_DIRECTION_KEYS = ("TransformMatrix", "Rotation", "Orientation")
+_GEOMETRY_KEYS = {**dict.fromkeys(_ORIGIN_KEYS, 3), **dict.fromkeys(_SPACING_KEYS, 3),
+                  **dict.fromkeys(_DIRECTION_KEYS, 9)}
 
 
 # A header is a few hundred bytes; one that runs past this is no MetaImage header.
@@ -68,9 +81,10 @@ def read_mhd_header(mhd_path: Path) -> dict[str, str]:
     """Parse a MetaImage header into {key: value} and check it describes a readable 3-D scan.
 
     Raises:
-        DataError: unreadable header, not 3-D, unknown element type, bad DimSize, or voxel data
-            (a separate file or inline after the header) that is missing or shorter than the
-            header promises.
+        DataError: unreadable header, not 3-D, unknown element type, bad DimSize, an origin,
+            spacing or direction that is not numbers, or voxel data (a separate file or inline
+            after the header) that is missing, shorter than the header promises or, when
+            compressed, a damaged stream.
     """
     mhd_path = Path(mhd_path)
     try:
@@ -95,6 +109,7 @@ def read_mhd_header(mhd_path: Path) -> dict[str, str]:
     element_type = header["ElementType"]
     if element_type not in _ELEMENT_BYTES:
         raise DataError(f"{mhd_path}: unsupported ElementType {element_type!r}")
+    _check_geometry(mhd_path, header)
     expected = int(np.prod(dims)) * _ELEMENT_BYTES[element_type]
     shape = f"{'x'.join(map(str, dims))} {element_type}"
     if header["ElementDataFile"] == "LOCAL":
@@ -115,6 +130,33 @@ def read_mhd_header(mhd_path: Path) -> dict[str, str]:
                             f"needs {expected} ({shape})")
         raise DataError(f"{data_path}: truncated, {actual} bytes but the header needs {expected} ({shape})")
     return header
+
+
+def _check_geometry(mhd_path: Path, header: dict[str, str]) -> None:
+    """Check the origin, spacing and direction lines, and warn when spacing or origin is missing.
+
+    SimpleITK reads a word in them as 0 and a short list as what is there, padded with 0s: the
+    scan would then lie elsewhere in the world and every candidate be cropped at the wrong place,
+    or called outside the scan with no hint why. Without the lines it takes 1 mm voxels and an
+    origin at 0, valid MetaImage but seldom what a CT meant, so that is said.
+
+    Raises:
+        DataError: a geometry line that is not the right count of finite numbers.
+    """
+    for key, count in _GEOMETRY_KEYS.items():
+        if key not in header:
+            continue
+        try:
+            numbers = [float(v) for v in header[key].split()]
+        except ValueError:
+            numbers = []
+        if len(numbers) != count or not all(map(math.isfinite, numbers)):
+            raise DataError(f"{mhd_path}: {key} is not {count} numbers: {header[key]!r}")
+    missing = [keys[0] for keys in (_SPACING_KEYS, _ORIGIN_KEYS) if not any(key in header for key in keys)]
+    if missing:
+        log.warning("%s: no %s line; it is read as %s, and a candidate's millimetres may then land on the wrong "
+                    "voxel", mhd_path, " and no ".join(missing),
+                    " and ".join({"ElementSpacing": "1 mm voxels", "Offset": "an origin at 0"}[key] for key in missing))
 
 
 # Compressed voxels are inflated in pieces of this many bytes, so checking them takes little memory.

@@ -230,3 +230,48 @@ def test_damaged_compressed_voxels_inline_after_the_header_are_named(scan):
     zipped.write_bytes(header.encode() + zraw.read_bytes()[:-50])
     with pytest.raises(DataError, match="5.6.mhd: compressed voxels end early"):
         Ct(zipped)
+
+
+def replace_line(text: str, key: str, line: str | None) -> str:
+    """``text`` with the header line of ``key`` replaced by ``line`` (None: dropped)."""
+    lines = [line if l.split("=")[0].strip() == key else l for l in text.splitlines()]
+    return "\n".join(l for l in lines if l is not None) + "\n"
+
+
+@pytest.mark.parametrize("key,line,message", [
+    # SimpleITK reads a word as 0 and a short list as what it has, padded with 0: the scan would
+    # lie elsewhere in the world, and every candidate be cropped at the wrong place, or called
+    # outside the scan for no reason the message could give.
+    ("Offset", "Offset = abc -20 -30", r"Offset is not 3 numbers: 'abc -20 -30'"),
+    ("Offset", "Offset = -10 -20", r"Offset is not 3 numbers: '-10 -20'"),
+    ("Offset", "Position = -10 -20 -30 4", r"Position is not 3 numbers: '-10 -20 -30 4'"),
+    ("ElementSpacing", "ElementSpacing = 0.7 0.8", r"ElementSpacing is not 3 numbers: '0.7 0.8'"),
+    ("ElementSpacing", "ElementSpacing = 0.7 nan 2", r"ElementSpacing is not 3 numbers: '0.7 nan 2'"),
+    ("TransformMatrix", "TransformMatrix = 1 0 0 0 1 0", r"TransformMatrix is not 9 numbers: '1 0 0 0 1 0'"),
+    ("TransformMatrix", "TransformMatrix = 1 0 0 0 -1 0 0 0 z", r"TransformMatrix is not 9 numbers"),
+])
+def test_geometry_fields_that_are_not_numbers_are_named(scan, key, line, message):
+    path, _ = scan
+    path.write_text(replace_line(path.read_text(), key, line))
+    with pytest.raises(DataError, match=f"1.2.3.mhd: {message}"):
+        Ct(path)
+
+
+def test_a_header_without_spacing_or_origin_is_read_with_a_warning(scan, caplog):
+    # Valid MetaImage (1 mm voxels, origin 0), but seldom what a CT meant: a scan read so would
+    # put every crop in the wrong place without any step failing.
+    path, volume = scan
+    text = path.read_text()
+    path.write_text(replace_line(replace_line(text, "ElementSpacing", None), "Offset", None))
+    with caplog.at_level("WARNING", logger="luna.io.metaimage"):
+        ct = Ct(path)
+    assert ct.spacing_xyz == (1.0, 1.0, 1.0)
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 1 and "1.2.3.mhd: no ElementSpacing and no Offset" in messages[0], messages
+    # ElementSize stands in for ElementSpacing, as it does for SimpleITK; Origin for Offset.
+    path.write_text(text.replace("ElementSpacing =", "ElementSize =").replace("Offset =", "Origin ="))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="luna.io.metaimage"):
+        ct = Ct(path)
+    assert not caplog.records
+    np.testing.assert_allclose(ct.spacing_xyz, (0.7, 0.8, 2.0))
