@@ -123,13 +123,27 @@ def read_mhd_header(mhd_path: Path) -> dict[str, str]:
     if header.get("CompressedData", "False").lower() == "true":
         _check_compressed(data_path, start, header, expected, shape)
         return header
-    actual = data_path.stat().st_size - start
+    skip = _skipped_bytes(mhd_path, header) if data_path != mhd_path else 0
+    actual = data_path.stat().st_size - start - skip
     if actual < expected:
         if data_path == mhd_path:
             raise DataError(f"{mhd_path}: truncated, {max(actual, 0)} bytes of voxels after the header but it "
                             f"needs {expected} ({shape})")
-        raise DataError(f"{data_path}: truncated, {actual} bytes but the header needs {expected} ({shape})")
+        after = f" after the {skip} bytes HeaderSize skips" if skip else ""
+        raise DataError(f"{data_path}: truncated, {max(actual, 0)} bytes{after} but the header needs {expected} "
+                        f"({shape})")
     return header
+
+
+def _skipped_bytes(mhd_path: Path, header: dict[str, str]) -> int:
+    """How many bytes at the start of the data file ``HeaderSize`` says to skip (another format's
+    header, as some tools leave in front of the voxels); 0 when none, or -1 (voxels at the end)."""
+    text = header.get("HeaderSize", "0")
+    try:
+        skip = int(text)
+    except ValueError:
+        raise DataError(f"{mhd_path}: HeaderSize is not a whole number: {text!r}") from None
+    return max(skip, 0)
 
 
 def _check_geometry(mhd_path: Path, header: dict[str, str]) -> None:

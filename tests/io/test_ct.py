@@ -275,3 +275,17 @@ def test_a_header_without_spacing_or_origin_is_read_with_a_warning(scan, caplog)
         ct = Ct(path)
     assert not caplog.records
     np.testing.assert_allclose(ct.spacing_xyz, (0.7, 0.8, 2.0))
+
+
+def test_data_after_a_skipped_header_is_read_and_a_short_one_named(scan):
+    # HeaderSize = N: the data file starts with N bytes of another header, then the voxels.
+    path, _ = scan
+    skipped = path.with_name("7.8.mhd")
+    skipped.write_text(path.read_text().replace("ElementDataFile = 1.2.3.raw", "HeaderSize = 100\nElementDataFile = 7.8.raw"))
+    raw = path.with_suffix(".raw").read_bytes()
+    skipped.with_suffix(".raw").write_bytes(bytes(100) + raw)
+    np.testing.assert_array_equal(Ct(skipped).hu_a, Ct(path).hu_a)
+    skipped.with_suffix(".raw").write_bytes(raw)  # SimpleITK: "File cannot be read ... for reading."
+    with pytest.raises(DataError, match=r"7.8.raw: truncated, 47900 bytes after the 100 bytes HeaderSize skips but "
+                                        r"the header needs 48000"):
+        Ct(skipped)
