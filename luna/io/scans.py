@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 # The folders LUNA16 ships its scans in: subset0 .. subset9.
 SUBSET_DIR = re.compile(r"subset(\d+)", re.IGNORECASE)
+# Folders of a LUNA16 download that hold no scans but files named like them: seg-lungs-LUNA16
+# has a lung mask per scan, <uid>.mhd + .zraw, and sorts before subset0, so its masks would be
+# found first and cropped in place of the CTs. Matched in lower case.
+NOT_SCAN_DIRS = frozenset({"seg-lungs-luna16"})
 # Longest first: ".nii.gz" must win over a bare ".gz".
 SCAN_SUFFIXES = (".nii.gz", ".mhd", ".mha", ".nii", ".nrrd")
 SCAN_KINDS = ".mhd, .mha, .nii, .nii.gz, .nrrd or a DICOM series folder"
@@ -69,7 +73,8 @@ def find_series_files(data_dir: Path) -> dict[str, Path]:
     """Map series uid -> scan path for every scan under ``data_dir`` (any depth).
 
     Scan files map to themselves; every DICOM series maps to the folder holding it. A name
-    that is not a plain uid, or a uid seen twice, is skipped with a warning.
+    that is not a plain uid, or a uid seen twice, is skipped with a warning. LUNA16's lung masks
+    (``seg-lungs-LUNA16/``, named like the scans) are not scans and are not looked at.
 
     Raises:
         DataError: the directory is missing, a folder under it cannot be read (permission
@@ -96,7 +101,7 @@ def find_series_files(data_dir: Path) -> dict[str, Path]:
         raise DataError(f"data dir {data_dir}: cannot read {exc.filename}: {reason}")
 
     for root, dirs, names in os.walk(data_dir, onerror=fail):
-        dirs.sort()
+        dirs[:] = sorted(name for name in dirs if name.lower() not in NOT_SCAN_DIRS)
         folder = Path(root)
         for name in sorted(names):
             if scan_suffix(Path(name)):

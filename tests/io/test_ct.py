@@ -1,4 +1,6 @@
 """Tests for luna.io.ct: reading a scan in LPS order, its geometry, and the MetaImage header checks."""
+import zlib
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -185,3 +187,105 @@ def test_a_short_mha_is_named_before_simpleitk_reads_it(scan, tmp_path):
     mha.write_bytes(mha.read_bytes()[:-100])
     with pytest.raises(DataError, match=r"8.9.mha: truncated, 47900 bytes of voxels after the header"):
         Ct(mha)
+
+
+def compressed(path, name="5.6", sized=True):
+    """The scan at ``path`` rewritten by SimpleITK with ``CompressedData = True`` (a ``.zraw``);
+    ``sized=False`` drops the ``CompressedDataSize`` line, as other tools' headers lack it."""
+    zipped = path.with_name(f"{name}.mhd")
+    sitk.WriteImage(sitk.ReadImage(str(path)), str(zipped), useCompression=True)
+    if not sized:
+        zipped.write_text("".join(line for line in zipped.read_text().splitlines(keepends=True)
+                                  if not line.startswith("CompressedDataSize")))
+    return zipped, zipped.with_suffix(".zraw")
+
+
+@pytest.mark.parametrize("sized", [True, False])
+def test_compressed_voxels_read_as_from_a_raw_file(scan, sized):
+    path, _ = scan
+    zipped, _ = compressed(path, sized=sized)
+    np.testing.assert_array_equal(Ct(zipped).hu_a, Ct(path).hu_a)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda data: data[:len(data) // 2], "compressed voxels end early"),
+    (lambda data: data[:2] + bytes(len(data) - 2), "compressed voxels are corrupt"),
+    (lambda data: zlib.compress(b"\0" * 100), "compressed voxels decompress to 100 bytes but the header needs 48000"),
+])
+@pytest.mark.parametrize("sized", [True, False])
+def test_a_damaged_zraw_is_named_not_read_as_garbage(scan, damage, message, sized):
+    # SimpleITK only prints "Uncompress failed" and hands back a volume of garbage, or without a
+    # CompressedDataSize line reads a short stream as a whole one.
+    path, _ = scan
+    zipped, zraw = compressed(path, sized=sized)
+    zraw.write_bytes(damage(zraw.read_bytes()))
+    with pytest.raises(DataError, match=f"5.6.zraw: {message}"):
+        Ct(zipped)
+
+
+def test_damaged_compressed_voxels_inline_after_the_header_are_named(scan):
+    path, _ = scan
+    zipped, zraw = compressed(path)
+    header = zipped.read_text().replace(f"ElementDataFile = {zraw.name}", "ElementDataFile = LOCAL")
+    zipped.write_bytes(header.encode() + zraw.read_bytes()[:-50])
+    with pytest.raises(DataError, match="5.6.mhd: compressed voxels end early"):
+        Ct(zipped)
+
+
+def replace_line(text: str, key: str, line: str | None) -> str:
+    """``text`` with the header line of ``key`` replaced by ``line`` (None: dropped)."""
+    lines = [line if l.split("=")[0].strip() == key else l for l in text.splitlines()]
+    return "\n".join(l for l in lines if l is not None) + "\n"
+
+
+@pytest.mark.parametrize("key,line,message", [
+    # SimpleITK reads a word as 0 and a short list as what it has, padded with 0: the scan would
+    # lie elsewhere in the world, and every candidate be cropped at the wrong place, or called
+    # outside the scan for no reason the message could give.
+    ("Offset", "Offset = abc -20 -30", r"Offset is not 3 numbers: 'abc -20 -30'"),
+    ("Offset", "Offset = -10 -20", r"Offset is not 3 numbers: '-10 -20'"),
+    ("Offset", "Position = -10 -20 -30 4", r"Position is not 3 numbers: '-10 -20 -30 4'"),
+    ("ElementSpacing", "ElementSpacing = 0.7 0.8", r"ElementSpacing is not 3 numbers: '0.7 0.8'"),
+    ("ElementSpacing", "ElementSpacing = 0.7 nan 2", r"ElementSpacing is not 3 numbers: '0.7 nan 2'"),
+    ("TransformMatrix", "TransformMatrix = 1 0 0 0 1 0", r"TransformMatrix is not 9 numbers: '1 0 0 0 1 0'"),
+    ("TransformMatrix", "TransformMatrix = 1 0 0 0 -1 0 0 0 z", r"TransformMatrix is not 9 numbers"),
+])
+def test_geometry_fields_that_are_not_numbers_are_named(scan, key, line, message):
+    path, _ = scan
+    path.write_text(replace_line(path.read_text(), key, line))
+    with pytest.raises(DataError, match=f"1.2.3.mhd: {message}"):
+        Ct(path)
+
+
+def test_a_header_without_spacing_or_origin_is_read_with_a_warning(scan, caplog):
+    # Valid MetaImage (1 mm voxels, origin 0), but seldom what a CT meant: a scan read so would
+    # put every crop in the wrong place without any step failing.
+    path, volume = scan
+    text = path.read_text()
+    path.write_text(replace_line(replace_line(text, "ElementSpacing", None), "Offset", None))
+    with caplog.at_level("WARNING", logger="luna.io.metaimage"):
+        ct = Ct(path)
+    assert ct.spacing_xyz == (1.0, 1.0, 1.0)
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 1 and "1.2.3.mhd: no ElementSpacing and no Offset" in messages[0], messages
+    # ElementSize stands in for ElementSpacing, as it does for SimpleITK; Origin for Offset.
+    path.write_text(text.replace("ElementSpacing =", "ElementSize =").replace("Offset =", "Origin ="))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="luna.io.metaimage"):
+        ct = Ct(path)
+    assert not caplog.records
+    np.testing.assert_allclose(ct.spacing_xyz, (0.7, 0.8, 2.0))
+
+
+def test_data_after_a_skipped_header_is_read_and_a_short_one_named(scan):
+    # HeaderSize = N: the data file starts with N bytes of another header, then the voxels.
+    path, _ = scan
+    skipped = path.with_name("7.8.mhd")
+    skipped.write_text(path.read_text().replace("ElementDataFile = 1.2.3.raw", "HeaderSize = 100\nElementDataFile = 7.8.raw"))
+    raw = path.with_suffix(".raw").read_bytes()
+    skipped.with_suffix(".raw").write_bytes(bytes(100) + raw)
+    np.testing.assert_array_equal(Ct(skipped).hu_a, Ct(path).hu_a)
+    skipped.with_suffix(".raw").write_bytes(raw)  # SimpleITK: "File cannot be read ... for reading."
+    with pytest.raises(DataError, match=r"7.8.raw: truncated, 47900 bytes after the 100 bytes HeaderSize skips but "
+                                        r"the header needs 48000"):
+        Ct(skipped)

@@ -152,3 +152,21 @@ def test_missing_empty_and_bad_names(tmp_path, caplog):
     sitk.WriteImage(small_image(), str(tmp_path / "empty" / "ok.nii.gz"))
     assert list(find_series_files(tmp_path / "empty")) == ["ok"]
     assert "not a plain uid" in caplog.text
+
+
+def test_the_lung_masks_of_a_luna16_download_are_not_taken_for_its_scans(tiny_luna, caplog):
+    # LUNA16 ships seg-lungs-LUNA16/<uid>.mhd + .zraw beside the subsets: a lung mask per scan,
+    # named by the scan's uid. That folder sorts before subset0, so the masks were found first
+    # and every crop was cut from a mask instead of the CT.
+    root = tiny_luna["root"]
+    masks = root / "seg-lungs-LUNA16"
+    masks.mkdir()
+    for uid, path in find_series_files(root).items():
+        mask = sitk.Cast(sitk.ReadImage(str(path)) > 0, sitk.sitkUInt8) * 3
+        sitk.WriteImage(mask, str(masks / f"{uid}.mhd"), useCompression=True)
+    with caplog.at_level("WARNING", logger="luna.io.scans"):
+        found = find_series_files(root)
+    assert sorted(found) == sorted(tiny_luna["uids"])
+    assert all(path.parent.name.startswith("subset") for path in found.values()), found
+    assert not caplog.records, caplog.text
+    assert set(series_subsets(root)) == set(tiny_luna["uids"])
