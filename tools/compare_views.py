@@ -28,7 +28,7 @@ from luna.io.scans import find_series_files  # noqa: E402
 from luna.runtime.checkpoint import load_checkpoint  # noqa: E402
 from luna.data.crops import crop_volume  # noqa: E402
 from luna.io.ct import Ct  # noqa: E402
-from luna.runtime.device import StepConfig  # noqa: E402
+from luna.runtime.device import StepConfig, resolve_performance  # noqa: E402
 from luna.errors import DataError, LunaError  # noqa: E402
 from luna.eval.evaluation import read_pooled_findings, read_pooled_predictions  # noqa: E402
 from luna.eval.froc import compute_froc  # noqa: E402
@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     ckpt = load_checkpoint(ckpt_path)
     device = torch.device("cpu")
     model = prepare_model(load_model(ckpt_path, ckpt), device, True).eval()
-    step_cfg = StepConfig(device, "bf16", True)
+    # The precision luna predict picks here too: bf16 only where the CPU has kernels for it.
+    step_cfg = StepConfig(device, resolve_performance("auto", "auto", device).precision, True)
     edge = str(ckpt.get("args", {}).get("crop_edge", "shift"))
     shape_irc = tuple(ckpt["model_config"]["crop_shape_irc"])
 
