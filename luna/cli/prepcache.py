@@ -18,11 +18,10 @@ from luna.cli.common import (add_cache_dir_arg, add_common_args, add_crop_args, 
                              non_negative_int, run_app)
 from luna.data.cache import CropCache, fill_cache
 from luna.data.candidates import get_candidate_info_list
+from luna.data.crops import CropConfig
 from luna.errors import DataError
 from luna.io.scans import find_series_files
-from luna.models.classifier import CLASSIFIERS
 from luna.runtime.distributed import launched_world
-from luna.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +37,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--series", nargs="+", default=None, metavar="UID",
                         help="only these series (default: every scan on disk)")
     add_crop_args(parser)
-    parser.add_argument("--model", choices=sorted(CLASSIFIERS), default=TrainConfig.model,
-                        help="the classifier the cache is for (one that takes a context crop needs its own cache)")
     parser.add_argument("--num-workers", type=non_negative_int, default=min(4, os.cpu_count() or 1),
                         help="worker processes, each filling one scan at a time (0 = in this process)")
     return add_common_args(parser)
@@ -65,8 +62,7 @@ class LunaPrepCacheApp:
             if unknown:
                 raise DataError(f"--series {unknown[0]}: no such series with candidates under {args.data_dir}")
             centers = {uid: centers[uid] for uid in args.series}
-        cache = CropCache(args.cache_dir, TrainConfig(model=args.model, crop_edge=args.crop_edge,
-                                                        crop_mm=args.crop_mm).crop())
+        cache = CropCache(args.cache_dir, CropConfig(edge=args.crop_edge, voxel_mm=args.crop_mm))
         # Under torchrun each process fills its share of the scans; no collective is needed.
         rank, world_size = launched_world()
         if world_size > 1:

@@ -146,7 +146,6 @@ class LunaTrainingApp:
             self.config = resumed_config(args["resume"], changes)
         else:
             self.config = TrainConfig(**args)
-        self.config.crop()  # flags that cannot give the model's crops: one line now, not after the cache fill
 
     def main(self) -> Path:
         """Train; return the run directory."""

@@ -2,8 +2,7 @@
 
 Layout (all under ``cache_dir/<crop key>/``, e.g. ``v3-32x48x48-hu-1000_1000-pad/``)::
 
-    <series_uid>.<centres hash>.npy    int16 array (K, I, R, C), or (K, 2, I, R, C) with a
-                                       context crop: one row per candidate
+    <series_uid>.<centres hash>.npy    int16 array (K, I, R, C): one row per candidate
     <series_uid>.<centres hash>.json   what the crops were made from (the commit marker)
 
 Why this shape: the reference gzips float32 crops one by one into diskcache; decompression
@@ -113,7 +112,7 @@ class CropCache:
         """Read the scan once, crop every centre, write the entry atomically; return the crops."""
         ct = ct or Ct(scan_path, series_uid)
         cropper = Cropper(ct, self.crop)
-        crops = np.empty((len(centers_xyz), *self.crop.array_shape), dtype=np.int16)
+        crops = np.empty((len(centers_xyz), *self.crop.shape_irc), dtype=np.int16)
         centers_irc = []
         for row, center_xyz in enumerate(centers_xyz):
             crops[row], center_irc = cropper.crop_at(center_xyz)
@@ -167,7 +166,7 @@ class CropCache:
             crops = np.load(npy_path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as exc:
             raise DataError(f"crop cache entry {npy_path} is unreadable ({exc}); delete it to rebuild") from None
-        if crops.shape != (len(centers_xyz), *self.crop.array_shape) or crops.dtype != np.int16:
+        if crops.shape != (len(centers_xyz), *self.crop.shape_irc) or crops.dtype != np.int16:
             raise DataError(f"crop cache entry {npy_path} has shape {crops.shape} {crops.dtype}; delete it to rebuild")
         self._open[key] = entry = (crops, centers_irc.reshape(-1, 3))
         while len(self._open) > MAX_OPEN_ENTRIES:
@@ -225,7 +224,7 @@ def fill_cache(cache: CropCache, series_paths: dict[str, Path],
     if not jobs:
         return 0
     # Fail before minutes of work rather than with a full disk half-way through.
-    needed = n_candidates * int(np.prod(cache.crop.array_shape)) * np.dtype(np.int16).itemsize
+    needed = n_candidates * int(np.prod(cache.crop.shape_irc)) * np.dtype(np.int16).itemsize
     free = free_bytes(cache.root)
     if needed + FREE_SPACE_MARGIN_BYTES > free:
         raise DataError(f"crop cache {cache.root}: {n_candidates:,} crops need {needed / 1e9:.1f} GB and "

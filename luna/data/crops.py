@@ -33,11 +33,6 @@ CROP_EDGE = "pad"
 # (docs/experiments.md, "Scans at LUNA16's resolution").
 CROP_VOXEL_MM = 1.0
 
-# A context crop (``CropConfig.context``) spans this many times the crop's extent on every axis,
-# averaged down to the crop's voxel count, as a second channel: the same point at the centre,
-# seen small and fine in channel 0 and large and coarse in channel 1.
-CONTEXT_FACTORS = (0, 2)
-
 
 @dataclass(frozen=True)
 class CropConfig:
@@ -50,9 +45,6 @@ class CropConfig:
         edge: ``"pad"`` or ``"shift"``, see :data:`CROP_EDGE`.
         voxel_mm: isotropic voxel size the scan is resampled to before cropping; 0 (the
             reference) crops the scan's own voxels. See :data:`CROP_VOXEL_MM`.
-        context: 0 for one channel; 2 adds a second channel over twice the extent at half the
-            resolution (see :data:`CONTEXT_FACTORS`). Needs ``edge="pad"`` and ``voxel_mm`` > 0,
-            so that both channels are centred on the same point of cubic voxels.
     """
 
     shape_irc: tuple[int, int, int] = CROP_SHAPE_IRC
@@ -60,7 +52,6 @@ class CropConfig:
     hu_max: int = HU_MAX
     edge: str = CROP_EDGE
     voxel_mm: float = CROP_VOXEL_MM
-    context: int = 0
 
     def __post_init__(self) -> None:
         if self.edge not in CROP_EDGES:
@@ -68,35 +59,19 @@ class CropConfig:
         if not (self.voxel_mm == 0 or 0.1 <= self.voxel_mm <= 10):
             raise ValueError(f"crop voxel size must be 0 (the scan's own voxels) or a voxel size of 0.1-10 mm, "
                              f"got {self.voxel_mm:g}")
-        if self.context not in CONTEXT_FACTORS:
-            raise ValueError(f"crop context must be one of {', '.join(map(str, CONTEXT_FACTORS))}, got {self.context}")
-        if self.context and (self.edge != "pad" or not self.voxel_mm):
-            raise ValueError("a context crop needs --crop-edge pad and --crop-mm > 0")
-
-    @property
-    def channels(self) -> int:
-        """Channels of a crop: 1, or 2 with a context crop."""
-        return 2 if self.context else 1
-
-    @property
-    def array_shape(self) -> tuple[int, ...]:
-        """The shape of one cached crop: ``shape_irc``, with a leading channel axis for a context crop."""
-        return (self.channels, *self.shape_irc) if self.context else tuple(self.shape_irc)
 
     def key(self) -> str:
         """A short, human-readable string that names this configuration in the cache layout."""
         i, r, c = self.shape_irc
         grid = f"-iso{self.voxel_mm:g}mm" if self.voxel_mm else ""
-        context = f"-ctx{self.context}" if self.context else ""
-        return f"v{CACHE_FORMAT_VERSION}-{i}x{r}x{c}-hu{self.hu_min}_{self.hu_max}-{self.edge}{grid}{context}"
+        return f"v{CACHE_FORMAT_VERSION}-{i}x{r}x{c}-hu{self.hu_min}_{self.hu_max}-{self.edge}{grid}"
 
     def as_dict(self) -> dict:
-        """The fields as stored in a cache entry's marker; ``voxel_mm`` and ``context`` only when
-        set, so that entries written before they existed stay valid."""
+        """The fields as stored in a cache entry's marker; ``voxel_mm`` only when set, so that
+        entries written before it existed (the scan's own voxels) stay valid."""
         fields = asdict(self)
-        for name in ("voxel_mm", "context"):
-            if not fields[name]:
-                del fields[name]
+        if not self.voxel_mm:
+            del fields["voxel_mm"]
         return fields
 
 
@@ -186,25 +161,6 @@ def _resample_axis(volume: np.ndarray, axis: int, step: float, size: int) -> np.
     return low
 
 
-def block_mean(volume: np.ndarray, parity: Sequence[int], k: int) -> np.ndarray:
-    """The volume averaged over blocks of k^3 voxels, rounded to its dtype, outside counted as air.
-
-    Block ``b`` on an axis covers voxels ``[k b + parity - k, k b + parity)``: the first block
-    reaches ``k - parity`` voxels before the volume (air) and the last one past it, so every
-    block that touches the volume is there whole.
-    """
-    pad = [(k - p, (-(n + k - p)) % k) for n, p in zip(volume.shape, parity)]
-    sums = np.pad(volume, pad, constant_values=HU_MIN)
-    # One axis at a time, each pass adding k strided views: 4-6x faster than a sum over the
-    # axes of a (n/k, k, n/k, k, n/k, k) reshape, and each pass shrinks the array k-fold.
-    for axis in range(sums.ndim):
-        parts = [sums[(slice(None),) * axis + (slice(j, None, k),)] for j in range(k)]
-        sums = parts[0].astype(np.int32)
-        for part in parts[1:]:
-            sums += part
-    return np.rint(sums / k ** 3).astype(volume.dtype)
-
-
 class Cropper:
     """Cuts crops of one scan as ``crop`` says, resampling the scan once when ``crop.voxel_mm`` is set.
 
@@ -218,7 +174,6 @@ class Cropper:
         self.shape_irc = tuple(int(n) for n in crop.shape_irc)
         self._volume = ct.hu_a
         self._step = None
-        self._coarse: dict[tuple[int, ...], np.ndarray] = {}  # context volumes by the parity of the block grid
         if crop.voxel_mm:
             spacing_irc = np.asarray(ct.spacing_xyz[::-1], dtype=np.float64)
             self._volume = resample_volume(ct.hu_a, spacing_irc, crop.voxel_mm)
@@ -228,8 +183,7 @@ class Cropper:
         """The int16 crop around a world point and its centre voxel in the scan's own grid.
 
         With ``voxel_mm`` > 0 the crop's voxels are those of the resampled scan; its axes are
-        still the scan's I, R and C. With a context crop the result is (2, I, R, C): the crop,
-        then :meth:`context_at`.
+        still the scan's I, R and C.
 
         Raises:
             DataError: the point lies outside the scan.
@@ -238,38 +192,11 @@ class Cropper:
         if self._step is None:
             return crop_volume(self._volume, center_irc, self.shape_irc, self.crop.edge), center_irc
         center_iso = [int(round(c)) for c in self.ct.xyz2irc_float(center_xyz) / self._step]
-        crop = crop_volume(self._volume, center_iso, self.shape_irc, self.crop.edge)
-        if not self.crop.context:
-            return crop, center_irc
-        return np.stack([crop, self.context_at(center_iso)]), center_irc
-
-    def context_at(self, center_iso: Sequence[int]) -> np.ndarray:
-        """The context crop: ``context`` x the crop's extent around the same voxel, each block of
-        ``context``^3 voxels averaged into one (a box filter, so thin things fade instead of
-        aliasing) and rounded. Both crops start ``shape // 2`` voxels before the centre voxel
-        (the context ``context`` x as many), so their midpoints coincide and a flip or turn about
-        the middle moves both alike; outside the volume is air, as for the crop.
-
-        The blocks of every candidate whose start has the same parity on each axis lie on one
-        grid, so the scan is averaged once per parity (up to 8 volumes of an eighth of the
-        scan's voxels, made when first needed) and each context crop is a plain crop of that.
-        """
-        k = self.crop.context
-        start = [c - k * n // 2 for c, n in zip(center_iso, self.shape_irc)]
-        parity = tuple(int(s % k) for s in start)
-        coarse = self._coarse.get(parity)
-        if coarse is None:
-            coarse = self._coarse[parity] = block_mean(self._volume, parity, k)
-        # Block b of the coarse volume starts at voxel k * b + parity - k (see block_mean).
-        coarse_start = [(s - p) // k + 1 for s, p in zip(start, parity)]
-        centre = [b + n // 2 for b, n in zip(coarse_start, self.shape_irc)]
-        return crop_volume(coarse, centre, self.shape_irc, self.crop.edge)
+        return crop_volume(self._volume, center_iso, self.shape_irc, self.crop.edge), center_irc
 
 
 def crop_candidate(ct: Ct, center_xyz: Sequence[float], shape_irc: Sequence[int] = CROP_SHAPE_IRC,
-                   edge: str = CROP_EDGE, voxel_mm: float = CROP_VOXEL_MM,
-                   context: int = 0) -> tuple[np.ndarray, IrcTuple]:
+                   edge: str = CROP_EDGE, voxel_mm: float = CROP_VOXEL_MM) -> tuple[np.ndarray, IrcTuple]:
     """One crop of a scan (the reference's ``getRawCandidate``): see :class:`Cropper`, which is the
     faster way to cut many crops of one scan."""
-    crop = CropConfig(shape_irc=tuple(shape_irc), edge=edge, voxel_mm=voxel_mm, context=context)
-    return Cropper(ct, crop).crop_at(center_xyz)
+    return Cropper(ct, CropConfig(shape_irc=tuple(shape_irc), edge=edge, voxel_mm=voxel_mm)).crop_at(center_xyz)

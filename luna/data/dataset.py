@@ -1,7 +1,6 @@
 """LunaDataset: candidates -> samples, read from the crop cache.
 
-A sample is the reference's (docs/luna16.md, "A sample"): ``(crop (1, 32, 48, 48) float32 HU (2 channels with a
-context crop), label one-hot (2,)
+A sample is the reference's (docs/luna16.md, "A sample"): ``(crop (1, 32, 48, 48) float32 HU, label one-hot (2,)
 long, series_uid, center_irc (3,) long)``. Augmentation is not done here: it runs on whole
 batches on the training device after the cache read (see luna.train.augment), so nothing random is
 ever cached and validation samples never change.
@@ -164,9 +163,7 @@ class LunaDataset(Dataset):
         cand_ndx = self.candidate_index(ndx)
         info = self.candidates[cand_ndx]
         crop, center_irc = self.read_crop(cand_ndx)
-        crop_t = torch.from_numpy(np.array(crop)).to(self.crop_dtype)
-        if crop_t.dim() == 3:  # one channel; a context crop has its channel axis already
-            crop_t = crop_t.unsqueeze(0)
+        crop_t = torch.from_numpy(np.array(crop)).unsqueeze(0).to(self.crop_dtype)
         label_t = torch.tensor([not info.is_nodule, info.is_nodule], dtype=torch.long)
         sample = (crop_t, label_t, info.series_uid, torch.from_numpy(center_irc.copy()))
         return (*sample, cand_ndx) if self.return_index else sample

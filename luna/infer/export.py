@@ -50,7 +50,7 @@ class ExportConfig:
 def check_batch(crop: CropConfig, n: int = CHECK_BATCH) -> torch.Tensor:
     """``n`` fixed crops of HU across the window (the same for every export)."""
     generator = torch.Generator().manual_seed(0)
-    uniform = torch.rand((n, crop.channels, *crop.shape_irc), generator=generator)
+    uniform = torch.rand((n, 1, *crop.shape_irc), generator=generator)
     return crop.hu_min + uniform * (crop.hu_max - crop.hu_min)
 
 

@@ -1,5 +1,5 @@
 """Running an exported model (ONNX through onnxruntime, or TorchScript) where a checkpoint's network
-would run: ``(N, 1, I, R, C)`` float32 crops (2 channels with a context crop) in, ``(logits, probabilities)`` out.
+would run: ``(N, 1, I, R, C)`` float32 crops in, ``(logits, probabilities)`` out.
 
 An exported file is only used with its model card (:mod:`luna.infer.modelcard`): the card says
 which crops the model takes, and a file that does not match its card is refused before it runs.
@@ -133,7 +133,7 @@ def load_exported(path: Path, model_format: str, device_arg: str = "auto") -> Ex
     if model_format == "onnx":
         model: nn.Module = onnx_classifier(path, device, str(path))
         declared = list(model.session.get_inputs()[0].shape)
-        if declared[1:] != [crop.channels, *crop.shape_irc]:
+        if declared[1:] != [1, *crop.shape_irc]:
             raise DataError(f"{path} takes input {declared}, its card {card_path(path).name} says "
                             f"{card['input']['shape']}: the card is another model's")
         input_device = torch.device("cpu")
@@ -150,7 +150,7 @@ def check_takes(model: nn.Module, crop: CropConfig, device: torch.device, path: 
     Raises:
         DataError: it fails, or gives other shapes (the card describes another model).
     """
-    x = torch.full((1, crop.channels, *crop.shape_irc), float(crop.hu_min), device=device)
+    x = torch.full((1, 1, *crop.shape_irc), float(crop.hu_min), device=device)
     try:
         with torch.inference_mode():
             logits, probabilities = model(x)

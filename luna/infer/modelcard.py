@@ -73,10 +73,7 @@ def _crop_section(crop: CropConfig) -> dict[str, Any]:
         "voxel_mm": crop.voxel_mm,
         "spacing": f"the scan is first resampled to isotropic {crop.voxel_mm:g} mm voxels (trilinear, rounded to "
                    "whole HU)" if crop.voxel_mm else "the scan's own voxels, not resampled (as the reference)",
-    } | ({"context": crop.context,
-          "context_rule": f"channel 1 is a crop {crop.context} times as large on every axis around the same "
-                          f"voxel (starting shape // 2 x {crop.context} voxels before it), each block of "
-                          f"{crop.context}^3 voxels averaged and rounded to whole HU"} if crop.context else {})
+    }
 
 
 def _prediction_section(tta_views: int, nms_mm: float) -> dict[str, Any]:
@@ -122,7 +119,7 @@ def build_card(*, model_format: str, model_path: Path, model_bytes: bytes, ckpt_
         "model": {"name": ckpt.get("model_name"), "config": ckpt.get("model_config"), "parameters": n_parameters,
                   "epoch": ckpt.get("epoch"), "exported_from": str(ckpt_path)},
         "input": {
-            "name": INPUT_NAME, "shape": [BATCH_AXIS, crop.channels, *crop.shape_irc], "dtype": "float32",
+            "name": INPUT_NAME, "shape": [BATCH_AXIS, 1, *crop.shape_irc], "dtype": "float32",
             "axis_order": "N,1,I,R,C",
             "axes": {"N": "batch, any size", "1": "one channel: HU",
                      "I": "index: the scan's slices (head-foot, z)", "R": "row (y)", "C": "column (x)"},
@@ -184,19 +181,17 @@ def crop_of_card(card: dict[str, Any], path: Path) -> CropConfig:
     """The crops a card's model takes; its input shape must be those crops.
 
     Raises:
-        DataError: a crop section luna cannot use, or an input shape that is not
-            ``[N, channels, *shape_irc]``.
+        DataError: a crop section luna cannot use, or an input shape that is not ``[N, 1, *shape_irc]``.
     """
     section = card["crop"]
     try:
         hu_min, hu_max = card["input"]["hu_window"]
         crop = CropConfig(shape_irc=tuple(int(n) for n in section["shape_irc"]), hu_min=int(hu_min),
-                          hu_max=int(hu_max), edge=str(section["edge"]), voxel_mm=float(section["voxel_mm"]),
-                          context=int(section.get("context", 0)))
+                          hu_max=int(hu_max), edge=str(section["edge"]), voxel_mm=float(section["voxel_mm"]))
     except ValueError as exc:
         raise DataError(f"{path}: {exc}") from None
     shape = card["input"]["shape"]
-    if list(shape) != [BATCH_AXIS, crop.channels, *crop.shape_irc]:
-        raise DataError(f"{path}: input shape {shape} is not [{BATCH_AXIS}, {crop.channels}, *crop shape_irc "
+    if list(shape) != [BATCH_AXIS, 1, *crop.shape_irc]:
+        raise DataError(f"{path}: input shape {shape} is not [{BATCH_AXIS}, 1, *crop shape_irc "
                         f"{list(crop.shape_irc)}]")
     return crop

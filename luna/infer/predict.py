@@ -161,8 +161,7 @@ def crop_of_checkpoint(ckpt_path: Path, ckpt: dict[str, Any]) -> CropConfig:
     try:
         return CropConfig(shape_irc=tuple(ckpt["model_config"].get("crop_shape_irc", CROP_SHAPE_IRC)),
                           edge=str(train_args.get("crop_edge", "shift")),
-                          voxel_mm=float(train_args.get("crop_mm", 0.0)),
-                          context=int(ckpt["model_config"].get("crop_context", 0)))
+                          voxel_mm=float(train_args.get("crop_mm", 0.0)))
     except ValueError as exc:
         raise DataError(f"{ckpt_path}: {exc}") from None
 

@@ -42,13 +42,11 @@ class ScanJob:
 
 
 def crops_to_batch(crops_irc: np.ndarray, step_cfg: StepConfig) -> torch.Tensor:
-    """int16 crops (N, I, R, C) -> float32 batch (N, 1, I, R, C) on the step's device; context
-    crops (N, 2, I, R, C) keep their channels.
+    """int16 crops (N, I, R, C) -> float32 batch (N, 1, I, R, C) on the step's device.
 
     The int16 array crosses to the device before the float conversion: half the bytes to copy.
     """
-    x = torch.from_numpy(crops_irc)
-    x = step_cfg.to_device(x.unsqueeze(1) if x.dim() == 4 else x)
+    x = step_cfg.to_device(torch.from_numpy(crops_irc).unsqueeze(1))
     # .float() keeps the memory format to_device chose (channels_last_3d or not).
     return x.float()
 
@@ -98,7 +96,7 @@ def _score_crops(model: nn.Module, cropper: Cropper, centers_xyz: Sequence[Seque
                  batch_size: int, views: int) -> np.ndarray:
     """Probabilities of the candidates at ``centers_xyz``, ``batch_size`` crops at a time."""
     probabilities = np.empty(len(centers_xyz), dtype=np.float64)
-    crops = np.empty((min(batch_size, len(centers_xyz)), *cropper.crop.array_shape), dtype=np.int16)
+    crops = np.empty((min(batch_size, len(centers_xyz)), *cropper.shape_irc), dtype=np.int16)
     for start in range(0, len(centers_xyz), batch_size):
         chunk = centers_xyz[start:start + batch_size]
         for row, center_xyz in enumerate(chunk):

@@ -63,8 +63,6 @@ class LunaModel(nn.Module):
     """
 
     name = "luna"
-    # Channels of the crops it takes beyond the first (see luna.data.crops.CropConfig.context).
-    crop_context = 0
 
     def __init__(self, in_channels: int = 1, conv_channels: int = 8,
                  crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC, batch_norm_from: int | None = None) -> None:
@@ -222,9 +220,7 @@ class LunaCentreModel(LunaBnModel):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's and the centre branch's features, flattened side by side."""
-        return self._crop_features(self.tail_batchnorm(x))
-
-    def _crop_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.tail_batchnorm(x)
         size = x.shape[-3:]
         centre = x[..., size[0] // 4: size[0] // 4 + size[0] // 2, size[1] // 4: size[1] // 4 + size[1] // 2,
                    size[2] // 4: size[2] // 4 + size[2] // 2]
@@ -252,56 +248,9 @@ class LunaTwoScaleModel(LunaCentreModel):
         super().__init__(in_channels, conv_channels, crop_shape_irc, batch_norm_from, centre_channels, context_pool)
 
 
-class LunaContextModel(LunaTwoScaleModel):
-    """``luna_twoscale`` plus a third branch on a context crop twice as large (2-channel input).
-
-    The crop shows 32 x 48 x 48 mm around a candidate: a large nodule fills most of it, and a
-    vessel that leaves it cannot be followed. Channel 1 of the input is the context crop
-    (:attr:`luna.data.crops.CropConfig.context`): 64 x 96 x 96 mm around the same point, at
-    2 mm. It is averaged once more (4 mm voxels, 16 x 24 x 24) and read by three narrow blocks
-    (``context_channels``, doubling); the head reads all three branches. Channel 0 goes to the
-    trunk and the centre branch exactly as in ``luna_twoscale``.
-    """
-
-    name = "luna_context"
-    crop_context = 2
-
-    def __init__(self, in_channels: int = 1, conv_channels: int = 16,
-                 crop_shape_irc: Sequence[int] = CROP_SHAPE_IRC, batch_norm_from: int = 2,
-                 centre_channels: int = 16, context_pool: int = 2, context_channels: int = 8,
-                 crop_context: int = 2) -> None:
-        super().__init__(in_channels, conv_channels, crop_shape_irc, batch_norm_from, centre_channels, context_pool)
-        if crop_context != self.crop_context:
-            raise ValueError(f"crop_context must be {self.crop_context}, got {crop_context}")
-        self._config["context_channels"] = int(context_channels)
-        self._config["crop_context"] = int(crop_context)
-        # One norm over both channels of the raw input: each gets its own scale and shift.
-        self.tail_batchnorm = nn.BatchNorm3d(in_channels * 2)
-        width = [in_channels, context_channels, 2 * context_channels, 4 * context_channels]
-        self.context_blocks = nn.Sequential(
-            nn.AvgPool3d(2), *(LunaBlock(width[k], width[k + 1], batch_norm=True) for k in range(3)))
-        size = self._config["crop_shape_irc"]
-        context_shape = [s // 2 // 2 ** 3 for s in size]
-        self.head_linear = nn.Linear(self.head_linear.in_features + width[-1] * math.prod(context_shape), 2)
-        for module in self.context_blocks.modules():
-            if isinstance(module, nn.Conv3d):
-                nn.init.kaiming_normal_(module.weight, a=0, mode="fan_out", nonlinearity="relu")
-        self._start_head_small()
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The crop's features (trunk and centre branch), then the context branch's."""
-        x = self.tail_batchnorm(x)
-        crop, context = x[:, :1], x[:, 1:]
-        if x.is_contiguous(memory_format=torch.channels_last_3d):
-            crop = crop.contiguous(memory_format=torch.channels_last_3d)
-            context = context.contiguous(memory_format=torch.channels_last_3d)
-        return torch.cat([self._crop_features(crop), torch.flatten(self.context_blocks(context), 1)], dim=1)
-
-
 CLASSIFIERS: dict[str, type[LunaModel]] = {
     "luna": LunaModel,
     "luna_bn": LunaBnModel,
     "luna_centre": LunaCentreModel,
     "luna_twoscale": LunaTwoScaleModel,
-    "luna_context": LunaContextModel,
 }

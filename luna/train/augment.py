@@ -63,9 +63,6 @@ class AugmentConfig:
             solid nodule then looks as faint as a ground-glass one, or as a small nodule blurred
             by partial volume in a thick slice. Without it the model meets few faint nodules in
             training and learns those few by heart instead of "a round thing, of any density".
-        context: the crops' context factor (:attr:`luna.data.crops.CropConfig.context`), not a
-            strength: channel 1 of a context crop spans that many times the extent, so the same
-            offset in millimetres is that many times fewer of its voxels.
     """
 
     flip: bool = True
@@ -74,7 +71,6 @@ class AugmentConfig:
     rotate: bool = True
     noise: float = 25.0
     contrast: float = 0.6
-    context: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.offset <= 1.0:
@@ -223,17 +219,12 @@ def sampling_grid(theta: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return grid + column(0) * centres(size_c)[None, None, None, :, None]       # (N, I, R, C, 3)
 
 
-def _resample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    return F.grid_sample(x, sampling_grid(theta, x.shape), mode="bilinear", padding_mode="border",
-                         align_corners=False)
-
-
 def augment_batch(batch: torch.Tensor, config: AugmentConfig,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Augment every sample of a batch with its own random transform and noise.
 
     Args:
-        batch: (N, C, I, R, C) crops in HU (C is 1, or 2 with a context crop), float32 or bf16, on any device and in
+        batch: (N, C, I, R, C) crops in HU (C is 1 here), float32 or bf16, on any device and in
             either memory format. It is not modified.
         config: what to apply; with nothing enabled the batch itself is returned.
         generator: makes the result reproducible; None uses torch's global random state.
@@ -253,16 +244,10 @@ def augment_batch(batch: torch.Tensor, config: AugmentConfig,
 
     if config.geometric:
         theta = build_theta(params, batch.shape[2:]).to(batch.device)
+        grid = sampling_grid(theta, out.shape)
         # 'border' repeats edge voxels where the transform looks outside the crop, rather than
         # inventing zeros (0 HU is water, not "nothing").
-        if config.context and out.shape[1] > 1:
-            # The context channel turns, flips and scales about the same midpoint; only the shift,
-            # a fraction of its larger extent, is smaller.
-            theta_context = theta.clone()
-            theta_context[:, :, 3] /= config.context
-            out = torch.cat([_resample(out[:, :1], theta), _resample(out[:, 1:], theta_context)], dim=1)
-        else:
-            out = _resample(out, theta)
+        out = F.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     if config.contrast > 0:
         # Before the noise: contrast belongs to the anatomy and the slice, noise to the detector.

@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from luna.data.crops import CROP_EDGE, CROP_VOXEL_MM, CropConfig
-from luna.errors import UsageError
 from luna.luna16.paths import DEFAULT_RUNS_DIR, DEFAULT_TB_PREFIX, default_cache_dir, default_data_dir
-from luna.models.classifier import CLASSIFIERS
 from luna.train.augment import AugmentConfig
 
 BEST_METRICS = ("epoch", "auc/roc", "froc/cpm", "auc/pr", "pr/f1_score", "loss/all")
@@ -92,16 +90,7 @@ class TrainConfig:
         return cls(**kwargs)
 
     def crop(self) -> CropConfig:
-        """The crops the model trains on; a model that takes a context crop needs padded 1 mm-style crops.
-
-        Raises:
-            UsageError: the crop flags cannot give the crops the model takes.
-        """
-        context = getattr(CLASSIFIERS.get(self.model), "crop_context", 0)
-        try:
-            return CropConfig(edge=self.crop_edge, voxel_mm=self.crop_mm, context=context)
-        except ValueError as exc:
-            raise UsageError(f"--model {self.model}: {exc}") from None
+        return CropConfig(edge=self.crop_edge, voxel_mm=self.crop_mm)
 
     def model_config(self) -> dict:
         """The :func:`luna.models.registry.build_model` config."""
@@ -112,6 +101,5 @@ class TrainConfig:
         if not self.augmented:
             return None
         config = AugmentConfig(flip=self.augment_flip, offset=self.augment_offset, scale=self.augment_scale,
-                               rotate=self.augment_rotate, noise=self.augment_noise, contrast=self.augment_contrast,
-                               context=self.crop().context)
+                               rotate=self.augment_rotate, noise=self.augment_noise, contrast=self.augment_contrast)
         return config if config.enabled else None

@@ -42,19 +42,6 @@ def test_prepcache_fills_every_scan_and_resumes(tiny_luna, tmp_path, caplog):
     assert all(_all_valid(root, cache_dir).values())
 
 
-def test_prepcache_for_a_context_model_fills_the_cache_its_training_reads(tiny_luna, tmp_path, caplog):
-    from luna.cli.train import LunaTrainingApp
-    from luna.data.crops import CropConfig
-    from tests.conftest import train_argv
-    root, cache_dir = tiny_luna["root"], tmp_path / "cache"
-    LunaPrepCacheApp(["--data-dir", str(root), "--cache-dir", str(cache_dir), "--model", "luna_context",
-                      "--num-workers", "0"]).main()
-    assert [p.name for p in cache_dir.iterdir()] == [CropConfig(context=2).key()]
-    with caplog.at_level("INFO"):
-        LunaTrainingApp(train_argv(root, tmp_path, "--model", "luna_context", "--epoch-size", "8")).main()
-    assert "4 of 4 scans already cached; filling 0 scans" in caplog.text
-
-
 def test_prepcache_killed_midway_then_rerun_gives_exact_crops(tmp_path):
     from tests.conftest import make_tiny_luna
     data = make_tiny_luna(tmp_path / "luna", n_series=6, shape_irc=(100, 256, 256), negatives_per_scan=200)

@@ -1,6 +1,5 @@
 """Tests for luna.data.crops: the crop rules at the volume's edge and isotropic resampling."""
 import numpy as np
-import pytest
 
 from luna.data.crops import crop_bounds, crop_candidate, crop_volume, resample_volume
 from luna.io.ct import Ct
@@ -88,40 +87,3 @@ def test_volume_smaller_than_crop_is_padded_with_air():
     assert (chunk[14:18, 1:, 1:] == 0).all() and (chunk[:14] == -1000).all() and (chunk[18:] == -1000).all()
 
 
-
-
-def test_context_crop_is_twice_the_extent_averaged_about_the_same_midpoint(tmp_path):
-    # 1 mm cubes, so the 1 mm grid is the scan's own and every voxel can be checked by hand.
-    rng = np.random.default_rng(3)
-    volume = rng.integers(-1000, 1000, size=(50, 70, 80)).astype(np.int16)
-    path = write_scan(tmp_path / "cubes.mhd", volume, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    ct = Ct(path)
-    center_irc = (20, 30, 44)
-    crop, center_voxel = crop_candidate(ct, ct.irc2xyz(center_irc), (8, 12, 16), voxel_mm=1.0, context=2)
-    assert crop.shape == (2, 8, 12, 16) and crop.dtype == np.int16 and center_voxel == center_irc
-    lps = ct.hu_a  # the volume as Ct reads it (here the file's own order)
-    plain, _ = crop_candidate(ct, ct.irc2xyz(center_irc), (8, 12, 16), voxel_mm=1.0)
-    np.testing.assert_array_equal(crop[0], plain)
-    # Channel 1: 16 x 24 x 32 voxels from shape // 2 x 2 before the centre, each 2 x 2 x 2 block averaged.
-    big = lps[12:28, 18:42, 28:60].astype(np.float64)
-    expected = np.rint(big.reshape(8, 2, 12, 2, 16, 2).mean(axis=(1, 3, 5)))
-    np.testing.assert_allclose(crop[1], expected, atol=1)  # float32 mean, then rounded
-    # Both span their extents about the same midpoint: the crop is the context's middle, averaged
-    # (blocks line up where the crop's sizes are multiples of 4, as 32 x 48 x 48 is).
-    middle = np.rint(crop[0].astype(np.float64).reshape(4, 2, 6, 2, 8, 2).mean(axis=(1, 3, 5)))
-    np.testing.assert_allclose(crop[1][2:6, 3:9, 4:12], middle, atol=1)
-    # Near a face the context is padded with air like the crop.
-    edge, _ = crop_candidate(ct, ct.irc2xyz((2, 30, 44)), (8, 12, 16), voxel_mm=1.0, context=2)
-    assert (edge[1][:3] == -1000).all()
-
-
-def test_context_crop_settings_are_checked_and_keyed():
-    from luna.data.crops import CropConfig
-    plain, context = CropConfig(), CropConfig(context=2)
-    assert (plain.channels, context.channels) == (1, 2)
-    assert context.array_shape == (2, *plain.shape_irc) and plain.array_shape == plain.shape_irc
-    assert context.key() == plain.key() + "-ctx2"
-    assert "context" not in plain.as_dict() and context.as_dict()["context"] == 2  # old markers stay valid
-    for bad in (dict(context=3), dict(context=2, edge="shift"), dict(context=2, voxel_mm=0)):
-        with pytest.raises(ValueError):
-            CropConfig(**bad)

@@ -232,35 +232,3 @@ def test_twoscale_model_reads_the_context_at_half_resolution():
     assert old.config["context_pool"] == 1 and not isinstance(old.block4, nn.Identity)
     with pytest.raises(DataError, match="context_pool must be 1 or 2"):
         build_model({"name": "luna_centre", "context_pool": 4})
-
-
-def test_context_model_reads_channel_1_through_a_third_branch():
-    torch.manual_seed(0)
-    model = build_model({"name": "luna_context", "conv_channels": 4, "centre_channels": 4,
-                         "context_channels": 2}).eval()
-    # Trunk and centre branch as luna_twoscale's; the context branch's 8 channels on a 2 x 3 x 3 grid.
-    assert model.head_linear.in_features == 16 * 2 * 3 * 3 + 16 * 2 * 3 * 3 + 8 * 2 * 3 * 3
-    assert model.config["crop_context"] == 2 and model.crop_context == 2
-    with torch.no_grad():  # a head that reads every feature, so that each channel shows in the logits
-        model.head_linear.weight.normal_()
-    x = torch.randn(2, 2, 32, 48, 48) * 300
-    logits, probabilities = model(x)
-    assert logits.shape == probabilities.shape == (2, 2)
-    other = x.clone()
-    other[:, 1] = torch.randn(2, 32, 48, 48) * 300
-    assert not torch.allclose(model(other)[0], logits)  # the context is read...
-    twoscale = build_model({"name": "luna_twoscale", "conv_channels": 4, "centre_channels": 4}).eval()
-    crop_features = model.features(x)[:, :twoscale.head_linear.in_features]
-    with torch.no_grad():
-        norm = model.tail_batchnorm
-        alone = (x[:, :1] - norm.running_mean[0]) / torch.sqrt(norm.running_var[0] + norm.eps) * norm.weight[0] \
-            + norm.bias[0]
-        # ...beside channel 0's features, which are luna_twoscale's of channel 0 alone.
-        torch.testing.assert_close(crop_features, model._crop_features(alone), rtol=1e-4, atol=1e-4)
-    rebuilt = build_model(json.loads(json.dumps(model.config))).eval()
-    rebuilt.load_state_dict(model.state_dict())
-    torch.testing.assert_close(rebuilt(x)[0], logits)
-    last = prepare_model(build_model(model.config), "cpu", channels_last=True).eval()
-    last.load_state_dict(model.state_dict())
-    torch.testing.assert_close(last(x.contiguous(memory_format=torch.channels_last_3d))[0], logits,
-                               rtol=1e-4, atol=1e-4)

@@ -165,26 +165,6 @@ def test_offset_moves_a_blob_by_the_drawn_fraction_of_the_crop():
     assert params.offset.abs().max() > 0.05  # the shifts tested are several voxels
 
 
-def test_context_channel_turns_alike_and_shifts_by_half_as_many_voxels():
-    # Channel 1 of a context crop spans twice the extent: the same shift in mm is half the voxels.
-    shape = (16, 24, 32)
-    centre = (7.5, 11.5, 15.5)
-    batch = torch.cat([blob(shape, centre, sigma=1.5, n=6)] * 2, dim=1)
-    config = only(offset=0.1, context=2)
-    params = draw_params(6, config, gen(10))
-    out = augment_batch(batch, config, gen(10))
-    assert out.shape == batch.shape
-    for n in range(6):
-        moved = params.offset[n].double() * torch.tensor(shape)
-        torch.testing.assert_close(centroid(out[n, :1]), torch.tensor(centre).double() + moved, rtol=0, atol=0.02)
-        torch.testing.assert_close(centroid(out[n, 1:]), torch.tensor(centre).double() + moved / 2, rtol=0, atol=0.02)
-    # Flips, turns and scales about the middle treat both channels alike.
-    batch = torch.cat([hu_batch(4, shape, seed=1)] * 2, dim=1)
-    config = only(flip=True, rotate=True, scale=0.2, context=2)
-    out = augment_batch(batch, config, gen(11))
-    torch.testing.assert_close(out[:, 0], out[:, 1])
-
-
 def test_scale_only_changes_size_not_centre():
     shape = (16, 32, 32)
     centre = tuple((s - 1) / 2 for s in shape)

@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -148,27 +147,6 @@ def test_bad_augmentation_is_one_line_before_any_work(data, tmp_path, flag, valu
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert len(errors) == 1 and "augmentation" in errors[0] and value in errors[0], done.stderr[-2000:]
-    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
-
-
-def test_context_model_trains_on_two_channel_crops_of_a_cache_of_its_own(data, tmp_path):
-    run_dir = LunaTrainingApp(_argv(data, tmp_path, "--epochs", "1", "--model", "luna_context")).main()
-    (cache_dir,) = (tmp_path / "cache").iterdir()
-    assert cache_dir.name.endswith("-ctx2")
-    crops = np.load(next(cache_dir.glob("*.npy")), mmap_mode="r")
-    assert crops.shape[1:] == (2, 32, 48, 48)
-    ckpt = load_checkpoint(run_dir / "best.pt")
-    assert ckpt["model_config"]["crop_context"] == 2
-    build_model(ckpt["model_config"]).load_state_dict(ckpt["model_state"])  # strict
-
-
-def test_context_model_with_crops_that_cannot_hold_it_is_one_line(data, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "luna", "train",
-                           *_argv(data, tmp_path, "--model", "luna_context", "--crop-edge", "shift")],
-                          capture_output=True, text=True)
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1 and "--model luna_context" in errors[0] and "pad" in errors[0], done.stderr[-2000:]
     assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
 
 
