@@ -2,7 +2,7 @@
 
 A change to the recipe is trained at a few seeds and scored with `tools/heldout.py`; so is the
 recipe it would replace. One run moves by its seed alone: the mean of the seven sets by about
-0.012 (standard deviation), single sets by up to 0.04 (docs/results.md, "How far one run moves
+0.011 (standard deviation), single sets by up to 0.03 (docs/results.md, "How far one run moves
 by its seed"). This script reads each run's `heldout/eval_*/metrics.json` and prints, per set and
 for the mean of the seven, both groups' means, their difference and the standard error of that
 difference, from the runs' pooled spread within their groups; `*` marks a difference of more
