@@ -17,11 +17,12 @@ import argparse
 import json
 import math
 import sys
+from statistics import fmean
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from heldout import SETS, SEVEN  # noqa: E402
+from heldout import SETS, SEVEN, eval_dir, mean_of_seven  # noqa: E402
 
 MEAN = "mean of 7"
 
@@ -36,7 +37,7 @@ def run_scores(run_dir: Path) -> dict[str, float]:
         raise MissingScores(f"{run_dir}: no such run directory")
     scores = {}
     for name, (folder, _flags) in SETS.items():
-        path = run_dir / "heldout" / f"eval_{folder}" / "metrics.json"
+        path = eval_dir(run_dir / "heldout", folder) / "metrics.json"
         if path.exists():
             try:
                 scores[name] = float(json.loads(path.read_text())["froc"]["cpm"])
@@ -45,16 +46,12 @@ def run_scores(run_dir: Path) -> dict[str, float]:
     if not scores:
         raise MissingScores(f"{run_dir}: no heldout/eval_*/metrics.json (run tools/heldout.py {run_dir} first)")
     if all(n in scores for n in SEVEN):
-        scores[MEAN] = sum(scores[n] for n in SEVEN) / len(SEVEN)
+        scores[MEAN] = mean_of_seven(scores)
     return scores
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 def _squares(values: list[float]) -> float:
-    m = _mean(values)
+    m = fmean(values)
     return sum((v - m) ** 2 for v in values)
 
 
@@ -71,8 +68,8 @@ def compare(baseline: list[dict[str, float]], candidate: list[dict[str, float]])
         if freedom > 0:
             pooled = (_squares(base) + _squares(cand)) / freedom
             se = math.sqrt(pooled * (1 / len(base) + 1 / len(cand)))
-        rows.append({"set": name, "baseline": _mean(base), "candidate": _mean(cand),
-                     "difference": _mean(cand) - _mean(base), "se": se})
+        rows.append({"set": name, "baseline": fmean(base), "candidate": fmean(cand),
+                     "difference": fmean(cand) - fmean(base), "se": se})
     return rows
 
 

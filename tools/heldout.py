@@ -67,15 +67,25 @@ def make_set(name: str, data_root: Path, series: int) -> Path:
     return path
 
 
+def eval_dir(out_dir: Path, folder: str) -> Path:
+    """Where a set's evaluation (``luna evaluate --out-dir``) goes under a run's results folder."""
+    return out_dir / f"eval_{folder}"
+
+
+def mean_of_seven(cpm: dict[str, float]) -> float:
+    """The docs' "mean of 7": the CPMs of the seven sets, averaged."""
+    return sum(cpm[n] for n in SEVEN) / len(SEVEN)
+
+
 def score_set(run_dir: Path, data_dir: Path, out_dir: Path) -> dict:
     """``luna predict`` then ``luna evaluate``; returns the FROC part of its metrics.json."""
     predictions = out_dir / f"{data_dir.name}.csv"
     run([*LUNA, "predict", "--checkpoint", str(run_dir), "--data-dir", str(data_dir), "--out", str(predictions)])
-    eval_dir = out_dir / f"eval_{data_dir.name}"
+    evaluation = eval_dir(out_dir, data_dir.name)
     run([*LUNA, "evaluate", "--predictions", str(predictions), "--annotations", str(data_dir / "annotations.csv"),
          "--excluded", str(data_dir / "annotations_excluded.csv"), "--series-list", str(predictions),
-         "--out-dir", str(eval_dir)])
-    return json.loads((eval_dir / "metrics.json").read_text())["froc"]
+         "--out-dir", str(evaluation)])
+    return json.loads((evaluation / "metrics.json").read_text())["froc"]
 
 
 def table(names: list[str], froc: dict[str, dict]) -> str:
@@ -85,7 +95,7 @@ def table(names: list[str], froc: dict[str, dict]) -> str:
     cpm = {n: f"{froc[n]['cpm']:.3f}" for n in names}
     interval = {n: "[{:.3f}, {:.3f}]".format(*froc[n]["cpm_ci"]) if froc[n].get("cpm_ci") else "" for n in names}
     if "mean of 7" in columns:
-        cpm["mean of 7"] = f"{sum(froc[n]['cpm'] for n in SEVEN) / len(SEVEN):.3f}"
+        cpm["mean of 7"] = f"{mean_of_seven({n: froc[n]['cpm'] for n in SEVEN}):.3f}"
         interval["mean of 7"] = ""
     return "\n".join(["| " + " | ".join(["", *columns]) + " |", "|" + "---|" * (len(columns) + 1),
                       "| " + " | ".join(["CPM", *(cpm[c] for c in columns)]) + " |",
