@@ -3,7 +3,8 @@
 A change to the recipe is trained at a few seeds and scored with `tools/heldout.py`; so is the
 recipe it would replace. One run moves by its seed alone: the mean of the seven sets by about
 0.011 (standard deviation), single sets by up to 0.03 (docs/results.md, "How far one run moves
-by its seed"). This script reads each run's `heldout/eval_*/metrics.json` and prints, per set and
+by its seed"). Runs made alike (one machine, one thread each, side by side) spread by about half
+as much, and the thread count alone moves a run as far as its seed: compare runs made alike. This script reads each run's `heldout/eval_*/metrics.json` and prints, per set and
 for the mean of the seven, both groups' means, their difference and the standard error of that
 difference, from the runs' pooled spread within their groups; `*` marks a difference of more
 than two standard errors.
