@@ -4,10 +4,12 @@ A change to the recipe is trained at a few seeds and scored with `tools/heldout.
 recipe it would replace. One run moves by its seed alone: the mean of the seven sets by about
 0.011 (standard deviation), single sets by up to 0.03 (docs/results.md, "How far one run moves
 by its seed"). Runs made alike (one machine, one thread each, side by side) spread by about half
-as much, and the thread count alone moves a run as far as its seed: compare runs made alike. This script reads each run's `heldout/eval_*/metrics.json` and prints, per set and
-for the mean of the seven, both groups' means, their difference and the standard error of that
-difference, from the runs' pooled spread within their groups; `*` marks a difference of more
-than two standard errors.
+as much, and the thread count alone moves a run as far as its seed: compare runs made alike.
+
+This script reads each run's `heldout/eval_*/metrics.json` and prints, per set and for the mean
+of the seven, both groups' means, their difference and the standard error of that difference,
+from the runs' pooled spread within their groups; `*` marks a difference of more than two
+standard errors.
 
     .venv/bin/python tools/compare_runs.py --baseline runs/luna/<a> runs/luna/<b> ... \\
         --candidate runs/luna/<c> runs/luna/<d> ...
@@ -18,14 +20,12 @@ import argparse
 import json
 import math
 import sys
-from statistics import fmean
 from pathlib import Path
+from statistics import fmean
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from heldout import SETS, SEVEN, eval_dir, mean_of_seven  # noqa: E402
-
-MEAN = "mean of 7"
+from heldout import MEAN_OF_SEVEN, SETS, SEVEN, eval_dir, mean_of_seven  # noqa: E402
 
 
 class MissingScores(Exception):
@@ -47,7 +47,7 @@ def run_scores(run_dir: Path) -> dict[str, float]:
     if not scores:
         raise MissingScores(f"{run_dir}: no heldout/eval_*/metrics.json (run tools/heldout.py {run_dir} first)")
     if all(n in scores for n in SEVEN):
-        scores[MEAN] = mean_of_seven(scores)
+        scores[MEAN_OF_SEVEN] = mean_of_seven(scores)
     return scores
 
 
@@ -58,7 +58,7 @@ def _squares(values: list[float]) -> float:
 
 def compare(baseline: list[dict[str, float]], candidate: list[dict[str, float]]) -> list[dict]:
     """One row per set every run was scored on: means, difference, its standard error (or None)."""
-    order = [*SEVEN, MEAN, *(n for n in SETS if n not in SEVEN)]
+    order = [*SEVEN, MEAN_OF_SEVEN, *(n for n in SETS if n not in SEVEN)]
     rows = []
     for name in (n for n in order if all(n in s for s in baseline + candidate)):
         base = [s[name] for s in baseline]
@@ -79,7 +79,7 @@ def table(rows: list[dict], n_baseline: int, n_candidate: int) -> str:
              "|---|---|---|---|---|"]
     for r in rows:
         se = "" if r["se"] is None else f"{r['se']:.3f}"
-        mark = " *" if r["se"] and abs(r["difference"]) > 2 * r["se"] else ""
+        mark = " *" if r["se"] is not None and abs(r["difference"]) > 2 * r["se"] else ""
         lines.append(f"| {r['set']} | {r['baseline']:.3f} | {r['candidate']:.3f} | "
                      f"{r['difference']:+.3f}{mark} | {se} |")
     return "\n".join(lines)

@@ -39,6 +39,7 @@ SETS: dict[str, tuple[str, list[str] | None]] = {
     "anat": ("h8anat", ["--size", "full", "--acquisition", "shifted-anatomy"]),
 }
 SEVEN = ("full", "fullv", "fullacq", "h8", "shift", "acq", "varied")
+MEAN_OF_SEVEN = "mean of 7"  # its column in the tables
 SEED = 8
 
 
@@ -90,13 +91,13 @@ def score_set(run_dir: Path, data_dir: Path, out_dir: Path) -> dict:
 
 def table(names: list[str], froc: dict[str, dict]) -> str:
     """Markdown: a header, the CPMs (with the mean of the seven when all were scored), the intervals."""
-    columns = [n for n in names if n in SEVEN] + (["mean of 7"] if set(SEVEN) <= set(names) else []) + \
+    columns = [n for n in names if n in SEVEN] + ([MEAN_OF_SEVEN] if set(SEVEN) <= set(names) else []) + \
         [n for n in names if n not in SEVEN]
     cpm = {n: f"{froc[n]['cpm']:.3f}" for n in names}
     interval = {n: "[{:.3f}, {:.3f}]".format(*froc[n]["cpm_ci"]) if froc[n].get("cpm_ci") else "" for n in names}
-    if "mean of 7" in columns:
-        cpm["mean of 7"] = f"{mean_of_seven({n: froc[n]['cpm'] for n in SEVEN}):.3f}"
-        interval["mean of 7"] = ""
+    if MEAN_OF_SEVEN in columns:
+        cpm[MEAN_OF_SEVEN] = f"{mean_of_seven({n: froc[n]['cpm'] for n in SEVEN}):.3f}"
+        interval[MEAN_OF_SEVEN] = ""
     return "\n".join(["| " + " | ".join(["", *columns]) + " |", "|" + "---|" * (len(columns) + 1),
                       "| " + " | ".join(["CPM", *(cpm[c] for c in columns)]) + " |",
                       "| " + " | ".join(["95% interval", *(interval[c] for c in columns)]) + " |"])

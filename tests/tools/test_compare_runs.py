@@ -10,7 +10,7 @@ from pathlib import Path
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
 sys.path.insert(0, str(TOOLS))
 
-from heldout import SETS, SEVEN  # noqa: E402
+from heldout import SETS, SEVEN, eval_dir  # noqa: E402
 
 
 def compare_runs(*args: str) -> subprocess.CompletedProcess:
@@ -21,9 +21,9 @@ def compare_runs(*args: str) -> subprocess.CompletedProcess:
 def scored_run(path: Path, cpm: dict[str, float]) -> Path:
     """A run directory holding the evaluations tools/heldout.py writes, with these CPMs."""
     for name, value in cpm.items():
-        eval_dir = path / "heldout" / f"eval_{SETS[name][0]}"
-        eval_dir.mkdir(parents=True)
-        (eval_dir / "metrics.json").write_text(json.dumps({"froc": {"cpm": value, "cpm_ci": [0, 1]}}))
+        evaluation = eval_dir(path / "heldout", SETS[name][0])
+        evaluation.mkdir(parents=True)
+        (evaluation / "metrics.json").write_text(json.dumps({"froc": {"cpm": value, "cpm_ci": [0, 1]}}))
     return path
 
 
