@@ -33,14 +33,14 @@ from luna.luna16.paths import ANNOTATION_FILE_NAMES, LAST_NAME, find_csv
 from luna.models.registry import build_model, count_parameters
 from luna.runtime.checkpoint import CheckpointSaver, load_checkpoint, load_model_state, make_checkpoint
 from luna.runtime.device import StepConfig, prepare_model, resolve_performance
-from luna.runtime.distributed import all_reduce_sum, barrier, cleanup_distributed, init_distributed, seed_everything
+from luna.runtime.distributed import DistContext, all_reduce_sum, barrier, seed_everything
 from luna.runtime.rng import restore_rng_state
 from luna.runtime.rundir import write_run_meta
 from luna.train.recipe import build_optimizer, build_scheduler
 from luna.train.runlog import RunLogger
 from luna.train.seg_config import SegTrainConfig
 from luna.train.seg_engine import VAL_TOTALS, ValidationScan, train_metrics, train_seg_epoch, val_metrics, validate_scan
-from luna.train.session import out_of_memory, run_names
+from luna.train.session import run_names, run_session
 
 log = logging.getLogger(__name__)
 
@@ -60,24 +60,18 @@ class SegTrainer:
         self.config.data_dir = Path(self.config.data_dir).absolute()
 
     def fit(self) -> Path:
-        """Train; return the run directory."""
-        self.ctx = init_distributed(self.config.device)
-        try:
-            self._setup()
-            for epoch in range(self.start_epoch, self.config.epochs + 1):
-                self._epoch(epoch)
-            if self.ctx.is_primary:
-                self.runlog.close()
-                log.info("Finished: run directory %s", self.run_dir)
-            barrier(self.ctx)
-            return self.run_dir
-        except (torch.OutOfMemoryError, RuntimeError) as exc:
-            error = out_of_memory(exc, self.ctx.device, self.config.batch_size)
-            if error is None:
-                raise
-            raise error from exc
-        finally:
-            cleanup_distributed()
+        """Train; return the run directory. Out-of-memory becomes one line with a smaller batch."""
+        return run_session(self.config.device, self.config.batch_size, self._train)
+
+    def _train(self, ctx: DistContext) -> Path:
+        self.ctx = ctx
+        self._setup()
+        for epoch in range(self.start_epoch, self.config.epochs + 1):
+            self._epoch(epoch)
+        if ctx.is_primary:
+            self.runlog.close()
+            log.info("Finished: run directory %s", self.run_dir)
+        return self.run_dir
 
     # -- setup ----------------------------------------------------------------------------------
     def _setup(self) -> None:

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from luna.models.classifier import LunaModel
 from luna.runtime.device import StepConfig, prepare_model, resolve_performance
+from luna.train.session import is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -139,13 +140,6 @@ def time_train_steps(device: torch.device, batch_size: int = 32, steps: int = 5,
     return steps * batch_size / (time.perf_counter() - started), description
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate" in text)
-
-
 def _free_device_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -211,7 +205,7 @@ def find_max_batch(device: torch.device, start: int = 8, cap: int | None = None,
             _synchronize(device)
             tried.append((batch_size, time.perf_counter() - started))
         except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
-            if not _is_out_of_memory(exc) and not largest:
+            if not is_out_of_memory(exc) and not largest:
                 raise
             failed = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         if failed:

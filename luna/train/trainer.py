@@ -33,13 +33,13 @@ from luna.runtime.checkpoint import CheckpointSaver, load_model_state, make_chec
 from luna.runtime.device import StepConfig, prepare_model, resolve_performance
 from luna.runtime.rng import restore_rng_state
 from luna.runtime.rundir import write_run_meta
-from luna.runtime.distributed import (DistContext, barrier, cleanup_distributed, first_occurrence_mask,
-                                      gather_per_sample, init_distributed, seed_everything)
+from luna.runtime.distributed import (DistContext, barrier, first_occurrence_mask, gather_per_sample,
+                                      seed_everything)
 from luna.train.config import TrainConfig
 from luna.train.engine import METRICS_LOSS_NDX, epoch_metrics, evaluate, train_one_epoch
 from luna.train.recipe import build_optimizer, build_scheduler
 from luna.train.resume import check_resume, load_run_checkpoint
-from luna.train.session import out_of_memory, run_names
+from luna.train.session import run_names, run_session
 from luna.train.runlog import RunLogger, format_epoch_lines
 from luna.train.validation import ValidationScorer
 
@@ -68,22 +68,10 @@ class ClassifierTrainer:
 
     def fit(self) -> Path:
         """Train; return the run directory. Out-of-memory becomes one line with a smaller batch."""
-        self.ctx = init_distributed(self.config.device)
-        try:
-            run_dir = self._train()
-            # No rank tears its process group down while another is still using it: a peer
-            # that leaves early can make Gloo abort the others at exit.
-            barrier(self.ctx)
-            return run_dir
-        except (torch.OutOfMemoryError, RuntimeError) as exc:
-            error = out_of_memory(exc, self.ctx.device, self.config.batch_size)
-            if error is None:
-                raise
-            raise error from exc
-        finally:
-            cleanup_distributed()
+        return run_session(self.config.device, self.config.batch_size, self._train)
 
-    def _train(self) -> Path:
+    def _train(self, ctx: DistContext) -> Path:
+        self.ctx = ctx
         self._setup()
         for epoch in range(self.start_epoch, self.config.epochs + 1):
             records = self._run_epoch(epoch)

@@ -5,7 +5,7 @@ import torch
 
 from luna.cli.common import run_app
 from luna.cli.bench_loader import LunaBenchLoaderApp
-from luna.train.throughput import _is_out_of_memory, find_max_batch, measure_loader
+from luna.train.throughput import find_max_batch, measure_loader
 from luna.cli import main as cli_main
 from luna.data.dataset import LunaDataset
 
@@ -75,10 +75,3 @@ def test_find_max_batch_reports_an_allocation_that_fails():
                                             channels_last="off")
     assert (largest, tried) == (0, [])
     assert reason.startswith(f"batch {2**38} failed:")
-
-
-def test_out_of_memory_errors_are_recognised():
-    assert _is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    assert _is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1"))
-    assert not _is_out_of_memory(RuntimeError("shape mismatch"))
-    assert not _is_out_of_memory(ValueError("out of memory"))
