@@ -56,7 +56,7 @@ def run_session(device: str, batch_size: int, train: Callable[[DistContext], Pat
         run_dir = train(ctx)
         barrier(ctx)
         return run_dir
-    except (torch.OutOfMemoryError, RuntimeError) as exc:
+    except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
         error = out_of_memory(exc, ctx.device, batch_size)
         if error is None:
             raise
