@@ -12,7 +12,7 @@ seven sets, anat, other, and the 95% intervals.
         [--out-dir runs/luna/<run>/heldout]
 
 Making the first eight sets took 7 minutes and 5 GB here, other 7 more minutes (two scans at a
-time, 6 GB each), scoring the demo's run on the eight 15 minutes (2 cores shared with other
+time, 6.3 GB each), scoring the demo's run on the eight 15 minutes (2 cores shared with other
 work; it printed the demo's row of docs/results.md to the digit). Every step is a `luna` command
 (or a script of tools/), run as its own
 process: what they write, they write atomically, and the first one to fail stops the script

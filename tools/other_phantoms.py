@@ -231,18 +231,15 @@ def draw_vessels_and_airways(rng: np.random.Generator, scene: Scene, fov_mm: flo
         centre = half.mean(axis=0)
         hilum = half[np.argmin(np.abs(half[:, 2] - mid_x) + np.abs(half[:, 0] - centre[0]) * 0.5)]
         near_hilum = half[np.argsort(np.linalg.norm(half - hilum, axis=1))[:200]]
-        for _ in range(rng.integers(6, 10)):
-            start = near_hilum[rng.integers(len(near_hilum))]
-            toward = half[rng.integers(len(half))] - start
-            p, r = grow_tree(rng, scene, start, toward, rng.uniform(3.0, 5.0), 0.35, budget)
-            vessel_points.append(p)
-            vessel_radii.append(r)
-        for _ in range(rng.integers(1, 3)):
-            start = near_hilum[rng.integers(len(near_hilum))]
-            toward = half[rng.integers(len(half))] - start
-            p, r = grow_tree(rng, scene, start, toward, rng.uniform(3.0, 4.5), 0.9, budget)
-            airway_points.append(p)
-            airway_radii.append(r)
+        # (how many trees, trunk radius range mm, thinnest branch mm, where they go): vessels, then airways
+        for trees, trunk_mm, thinnest_mm, points, radii in (((6, 10), (3.0, 5.0), 0.35, vessel_points, vessel_radii),
+                                                            ((1, 3), (3.0, 4.5), 0.9, airway_points, airway_radii)):
+            for _ in range(rng.integers(*trees)):
+                start = near_hilum[rng.integers(len(near_hilum))]
+                toward = half[rng.integers(len(half))] - start
+                p, r = grow_tree(rng, scene, start, toward, rng.uniform(*trunk_mm), thinnest_mm, budget)
+                points.append(p)
+                radii.append(r)
     contrast = rng.random() < 0.25
     vessel_hu = rng.uniform(120, 260) if contrast else rng.uniform(25, 60)
     scene.settings.update(contrast=int(contrast), vessel_hu=round(vessel_hu))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +70,29 @@ def test_the_same_seed_draws_the_same_files_and_an_existing_folder_is_refused(da
     assert refused.returncode == 1
     message = f"other_phantoms.py: error: {again}: already exists; choose a new folder"
     assert refused.stderr.strip().splitlines() == [message]
+
+
+def test_other_misses_counts_each_kind_found_when_ranked_first_and_not_when_ranked_last(data_set, tmp_path):
+    tool = TOOL.with_name("other_misses.py")
+    with (data_set / "candidates.csv").open() as handle:
+        candidates = list(csv.DictReader(handle))
+    # Scored first, every nodule's candidates come before any other: within the top (class-1 count).
+    top = max(Counter(c["seriesuid"] for c in candidates if c["class"] == "1").values())
+    tables = {}
+    for name, nodule_p in (("first", "0.9"), ("last", "0.0")):
+        path = tmp_path / f"{name}.csv"
+        with path.open("w") as handle:
+            handle.write("seriesuid,coordX,coordY,coordZ,probability\n")
+            for c in candidates:
+                p = nodule_p if c["class"] == "1" else "0.1"
+                handle.write(f"{c['seriesuid']},{c['coordX']},{c['coordY']},{c['coordZ']},{p}\n")
+        done = subprocess.run([sys.executable, str(tool), str(data_set), str(path), "--top", str(top)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        tables[name] = {cells[0]: cells[1:] for cells in
+                        ([c.strip() for c in line.strip("|").split("|")] for line in done.stdout.splitlines()[2:])}
+    assert tables["first"] and tables["first"].keys() == tables["last"].keys()
+    for group, (count, ranked, high) in tables["first"].items():
+        assert ranked == high == count, group
+    for group, (count, ranked, high) in tables["last"].items():
+        assert ranked == high == "0", group

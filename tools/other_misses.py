@@ -1,0 +1,81 @@
+"""Where a model fails on scans of tools/other_phantoms.py: its nodules by kind and size, found or not.
+
+The other generator writes what it drew to ``phantom_nodules.csv`` (every nodule, with its kind).
+For each results file given (a run's ``luna predict`` output on that data set) and each nodule,
+this finds the best-ranked candidate of its scan inside its radius, and prints per kind and per
+size the count of nodules summed over the files, how many are among the ``--top`` best-scored
+candidates of their scan (what CPM at low false-positive rates reads), and how many score at
+least 0.5.
+
+    .venv/bin/python tools/other_misses.py data/h8other RUN_A/heldout/h8other.csv [RUN_B/... ...] [--top 4]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+SIZES_MM = ((0.0, 6.0, "under 6 mm"), (6.0, 10.0, "6-10 mm"), (10.0, np.inf, "10 mm and over"))
+
+
+def read_rows(path: Path) -> list[dict]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def xyz(row: dict) -> np.ndarray:
+    return np.array([float(row[k]) for k in ("coordX", "coordY", "coordZ")])
+
+
+def ranks(nodules: list[dict], predictions: list[dict]) -> list[tuple[int, float]]:
+    """Per nodule: the rank (0 = best) and probability of its scan's best candidate inside it."""
+    by_scan = defaultdict(list)
+    for row in predictions:
+        by_scan[row["seriesuid"]].append((float(row["probability"]), xyz(row)))
+    for rows in by_scan.values():
+        rows.sort(key=lambda t: -t[0])
+    found = []
+    for nodule in nodules:
+        centre, radius = xyz(nodule), float(nodule["diameter_mm"]) / 2
+        hits = [(rank, p) for rank, (p, at) in enumerate(by_scan[nodule["seriesuid"]])
+                if np.linalg.norm(at - centre) < radius]
+        found.append(hits[0] if hits else (np.iinfo(np.int32).max, 0.0))
+    return found
+
+
+def table(data_dir: Path, results: list[Path], top: int) -> str:
+    nodules = [n for n in read_rows(data_dir / "phantom_nodules.csv") if n["kind"] != "excluded"]
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for path in results:
+        for nodule, (rank, p) in zip(nodules, ranks(nodules, read_rows(path))):
+            size = next(name for lo, hi, name in SIZES_MM if lo <= float(nodule["diameter_mm"]) < hi)
+            for group in (nodule["kind"], size):
+                counts[group][0] += 1
+                counts[group][1] += rank < top
+                counts[group][2] += p >= 0.5
+    order = sorted(k for k in counts if k not in {name for *_, name in SIZES_MM}) + [n for *_, n in SIZES_MM]
+    lines = [f"| nodules | count | in their scan's top {top} | p >= 0.5 |", "|---|---|---|---|"]
+    lines += [f"| {k} | {counts[k][0]} | {counts[k][1]} | {counts[k][2]} |" for k in order if k in counts]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data_dir", type=Path, help="a data set written by tools/other_phantoms.py")
+    parser.add_argument("results", type=Path, nargs="+", help="results files of luna predict on it")
+    parser.add_argument("--top", type=int, default=4, help="a nodule counts as ranked high in its scan's top N")
+    args = parser.parse_args(argv)
+    try:
+        print(table(args.data_dir, args.results, args.top))
+    except (OSError, KeyError, ValueError) as exc:
+        print(f"other_misses.py: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
