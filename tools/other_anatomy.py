@@ -33,6 +33,7 @@ class Scene:
     wall_mm: np.ndarray  # distance to the lung border inside the lungs
     vessel_mm: np.ndarray  # distance to the nearest vessel centre line
     vessel_radius_mm: np.ndarray  # that vessel's radius
+    box: tuple[slice, ...]  # the lungs' bounding box and a margin, where distance maps are computed
     nodules: list = field(default_factory=list)
     settings: dict = field(default_factory=dict)  # what was drawn, for phantom_scans.csv
 
@@ -92,7 +93,7 @@ def draw_body(rng: np.random.Generator, shape: tuple[int, int, int], step_mm: np
     box = lung_box(lung, step_mm)
     wall = np.zeros(shape, np.float32)
     wall[box] = ndimage.distance_transform_edt(lung[box], sampling=step_mm)
-    return Scene(hu, step_mm, lung, wall, np.full(shape, np.inf, np.float32), np.zeros(shape, np.float32))
+    return Scene(hu, step_mm, lung, wall, np.full(shape, np.inf, np.float32), np.zeros(shape, np.float32), box)
 
 
 def lung_box(lung: np.ndarray, step_mm: np.ndarray, margin_mm: float = 12.0) -> tuple[slice, ...]:
@@ -159,7 +160,7 @@ def nearest_line(scene: Scene, points: np.ndarray, radii: np.ndarray) -> tuple[n
     """Distance (mm) from every voxel to the nearest centre-line point, and that point's radius.
 
     Computed inside the lungs' box only; outside it the distance is infinite and the radius 0."""
-    box = lung_box(scene.lung, scene.step_mm)
+    box = scene.box
     lo = np.array([b.start for b in box])
     size = np.array([b.stop - b.start for b in box])
     index = np.round(points / scene.step_mm).astype(int) - lo

@@ -19,6 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from luna.errors import LunaError  # noqa: E402
+from luna.luna16.csvfiles import Predictions, read_predictions  # noqa: E402
+
 SIZES_MM = ((0.0, 6.0, "under 6 mm"), (6.0, 10.0, "6-10 mm"), (10.0, np.inf, "10 mm and over"))
 
 
@@ -31,19 +36,16 @@ def xyz(row: dict) -> np.ndarray:
     return np.array([float(row[k]) for k in ("coordX", "coordY", "coordZ")])
 
 
-def ranks(nodules: list[dict], predictions: list[dict]) -> list[tuple[int, float]]:
+def ranks(nodules: list[dict], predictions: Predictions) -> list[tuple[int, float]]:
     """Per nodule: the rank (0 = best) and probability of its scan's best candidate inside it."""
-    by_scan = defaultdict(list)
-    for row in predictions:
-        by_scan[row["seriesuid"]].append((float(row["probability"]), xyz(row)))
-    for rows in by_scan.values():
-        rows.sort(key=lambda t: -t[0])
     found = []
     for nodule in nodules:
-        centre, radius = xyz(nodule), float(nodule["diameter_mm"]) / 2
-        hits = [(rank, p) for rank, (p, at) in enumerate(by_scan[nodule["seriesuid"]])
-                if np.linalg.norm(at - centre) < radius]
-        found.append(hits[0] if hits else (np.iinfo(np.int32).max, 0.0))
+        in_scan = np.flatnonzero(predictions.series_uids == nodule["seriesuid"])
+        in_scan = in_scan[np.argsort(-predictions.probabilities[in_scan], kind="stable")]
+        distance = np.linalg.norm(predictions.centers_xyz[in_scan] - xyz(nodule), axis=1)
+        inside = np.flatnonzero(distance < float(nodule["diameter_mm"]) / 2)
+        found.append((int(inside[0]), float(predictions.probabilities[in_scan[inside[0]]])) if len(inside)
+                     else (np.iinfo(np.int32).max, 0.0))
     return found
 
 
@@ -51,7 +53,7 @@ def table(data_dir: Path, results: list[Path], top: int) -> str:
     nodules = [n for n in read_rows(data_dir / "phantom_nodules.csv") if n["kind"] != "excluded"]
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for path in results:
-        for nodule, (rank, p) in zip(nodules, ranks(nodules, read_rows(path))):
+        for nodule, (rank, p) in zip(nodules, ranks(nodules, read_predictions(path))):
             size = next(name for lo, hi, name in SIZES_MM if lo <= float(nodule["diameter_mm"]) < hi)
             for group in (nodule["kind"], size):
                 counts[group][0] += 1
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         print(table(args.data_dir, args.results, args.top))
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, LunaError) as exc:
         print(f"other_misses.py: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -191,17 +191,25 @@ def make_dataset(out: Path, series: int, seed: int, size: str, workers: int) -> 
     return out
 
 
+def positive(text: str) -> int:
+    """A count of at least 1 (luna.cli has one too; this script stays free of luna's code)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="a new folder for the data set")
-    parser.add_argument("--series", type=int, default=8, help="how many scans (default 8)")
+    parser.add_argument("--series", type=positive, default=8, help="how many scans (default 8)")
     parser.add_argument("--seed", type=int, default=8, help="the random seed (default 8, as the held-out sets)")
     parser.add_argument("--size", choices=list(SIZES), default="full", help="full: 512 x 512 at 0.6-0.8 mm pixels")
-    parser.add_argument("--workers", type=int, default=2, help="scans drawn at once (each takes a few GB)")
+    parser.add_argument("--workers", type=positive, default=2, help="scans drawn at once (each takes a few GB)")
     args = parser.parse_args(argv)
     try:
         make_dataset(args.out, args.series, args.seed, args.size, args.workers)
-    except (FileExistsError, OSError) as exc:
+    except OSError as exc:
         print(f"other_phantoms.py: error: {exc}", file=sys.stderr)
         return 1
     return 0
