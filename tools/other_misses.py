@@ -27,13 +27,20 @@ from luna.luna16.csvfiles import Predictions, read_predictions  # noqa: E402
 SIZES_MM = ((0.0, 6.0, "under 6 mm"), (6.0, 10.0, "6-10 mm"), (10.0, np.inf, "10 mm and over"))
 
 
-def read_rows(path: Path) -> list[dict]:
+def read_nodules(path: Path) -> list[dict]:
+    """The drawn nodules, excluded ones left out; a bad row is a ValueError naming its file and line."""
+    nodules = []
     with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def xyz(row: dict) -> np.ndarray:
-    return np.array([float(row[k]) for k in ("coordX", "coordY", "coordZ")])
+        for line, row in enumerate(csv.DictReader(handle), start=2):
+            try:
+                nodule = {"seriesuid": row["seriesuid"], "kind": row["kind"],
+                          "center_xyz": np.array([float(row[k]) for k in ("coordX", "coordY", "coordZ")]),
+                          "diameter_mm": float(row["diameter_mm"])}
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"{path}, line {line}: not a row of other_phantoms.py's nodules ({exc!r})") from None
+            if nodule["kind"] != "excluded":
+                nodules.append(nodule)
+    return nodules
 
 
 def ranks(nodules: list[dict], predictions: Predictions) -> list[tuple[int, float]]:
@@ -42,19 +49,19 @@ def ranks(nodules: list[dict], predictions: Predictions) -> list[tuple[int, floa
     for nodule in nodules:
         in_scan = np.flatnonzero(predictions.series_uids == nodule["seriesuid"])
         in_scan = in_scan[np.argsort(-predictions.probabilities[in_scan], kind="stable")]
-        distance = np.linalg.norm(predictions.centers_xyz[in_scan] - xyz(nodule), axis=1)
-        inside = np.flatnonzero(distance < float(nodule["diameter_mm"]) / 2)
+        distance = np.linalg.norm(predictions.centers_xyz[in_scan] - nodule["center_xyz"], axis=1)
+        inside = np.flatnonzero(distance < nodule["diameter_mm"] / 2)
         found.append((int(inside[0]), float(predictions.probabilities[in_scan[inside[0]]])) if len(inside)
                      else (np.iinfo(np.int32).max, 0.0))
     return found
 
 
 def table(data_dir: Path, results: list[Path], top: int) -> str:
-    nodules = [n for n in read_rows(data_dir / "phantom_nodules.csv") if n["kind"] != "excluded"]
+    nodules = read_nodules(data_dir / "phantom_nodules.csv")
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for path in results:
         for nodule, (rank, p) in zip(nodules, ranks(nodules, read_predictions(path))):
-            size = next(name for lo, hi, name in SIZES_MM if lo <= float(nodule["diameter_mm"]) < hi)
+            size = next(name for lo, hi, name in SIZES_MM if lo <= nodule["diameter_mm"] < hi)
             for group in (nodule["kind"], size):
                 counts[group][0] += 1
                 counts[group][1] += rank < top
@@ -71,9 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results", type=Path, nargs="+", help="results files of luna predict on it")
     parser.add_argument("--top", type=int, default=4, help="a nodule counts as ranked high in its scan's top N")
     args = parser.parse_args(argv)
+    if args.top < 1:
+        parser.error(f"--top {args.top}: must be at least 1")
     try:
         print(table(args.data_dir, args.results, args.top))
-    except (OSError, LunaError) as exc:
+    except (OSError, ValueError, LunaError) as exc:
         print(f"other_misses.py: error: {exc}", file=sys.stderr)
         return 1
     return 0

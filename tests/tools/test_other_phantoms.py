@@ -96,3 +96,15 @@ def test_other_misses_counts_each_kind_found_when_ranked_first_and_not_when_rank
         assert ranked == high == count, group
     for group, (count, ranked, high) in tables["last"].items():
         assert ranked == high == "0", group
+
+
+def test_other_misses_names_the_file_and_line_of_a_bad_nodule_row(tmp_path):
+    (tmp_path / "phantom_nodules.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm,kind\n"
+                                                  "1.2,0,0,0,5,solid\n1.2,0,0,zero,5,solid\n")
+    results = tmp_path / "results.csv"
+    results.write_text("seriesuid,coordX,coordY,coordZ,probability\n1.2,0,0,0,0.5\n")
+    done = subprocess.run([sys.executable, str(TOOL.with_name("other_misses.py")), str(tmp_path), str(results)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"other_misses.py: error: {tmp_path / 'phantom_nodules.csv'}, line 3:")
